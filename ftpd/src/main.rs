@@ -1,1 +1,126 @@
-fn main() {}
+//! The `ftpd` command: run the server, manage accounts.
+
+use clap::{Parser, Subcommand};
+use ftpd::config::Settings;
+use ftpd::users::{self, UsersFile};
+use std::io::BufRead;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "FTP upload server with KEY (CRC-32) resumable uploads"
+)]
+struct Cli {
+    /// Configuration file (TOML) overriding the embedded defaults.
+    #[arg(long, global = true, env = "FTPD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or Ctrl-C.
+    Serve,
+    /// Manage accounts in the configured users file.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print the embedded default configuration.
+    Defaults,
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add an account; the password is read from the first line of standard input.
+    Add {
+        name: String,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// PBKDF2 rounds.
+        #[arg(long, default_value_t = users::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+    /// List account names.
+    List,
+    /// Remove an account (its files stay on disk).
+    Del { name: String },
+}
+
+fn user_command(settings: &Settings, action: UserAction) -> Result<(), String> {
+    let mut file = UsersFile::load(&settings.users_file).map_err(|e| e.to_string())?;
+    match action {
+        UserAction::List => {
+            for n in file.names() {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        UserAction::Add {
+            name, iterations, ..
+        } => {
+            let iterations =
+                NonZeroU32::new(iterations).ok_or("--iterations must be at least 1")?;
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            file.add(&name, password, iterations)
+                .map_err(|e| e.to_string())?;
+            file.save().map_err(|e| e.to_string())?;
+            println!("added user '{name}'");
+            Ok(())
+        }
+        UserAction::Del { name } => {
+            file.remove(&name).map_err(|e| e.to_string())?;
+            file.save().map_err(|e| e.to_string())?;
+            println!("removed user '{name}' (files under its home directory are kept)");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Defaults = cli.command {
+        print!("{}", ftpd::config::DEFAULTS);
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => {
+            ftpd::logging::init(&settings.log_level, settings.log_format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ftpd: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(ftpd::server::serve(settings))
+                .map_err(|e| e.to_string())
+        }
+        Command::User { action } => user_command(&settings, action),
+        Command::Defaults => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Settings: the embedded `conf/ftpd.toml`, an optional file, then `FTPD_*` environment
+//! variables, read through the `config` crate and checked before anything starts.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The defaults, commented, exactly as shipped in `conf/ftpd.toml`.
+pub const DEFAULTS: &str = include_str!("../../conf/ftpd.toml");
+
+/// A setting that stops start-up; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("bad setting `{key}`: {reason}")]
+    Bad { key: &'static str, reason: String },
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+fn bad(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Bad {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Raw values as read; [`Settings::load`] turns them into checked ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: String,
+    passive_ports: String,
+    passive_host: String,
+    root: PathBuf,
+    state_dir: PathBuf,
+    users_file: PathBuf,
+    initial_user: String,
+    anonymous: bool,
+    failed_logins_max: u32,
+    failed_logins_window: u64,
+    log_level: String,
+    log_format: String,
+    idle_timeout: u64,
+    durability: String,
+    upload_buffer_kib: u64,
+    checkpoint_mib: u64,
+    takeover_wait: u64,
+    shutdown_grace: u64,
+    front: bool,
+    internal_listen: String,
+    ftps_cert: PathBuf,
+    ftps_key: PathBuf,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub passive_ports: RangeInclusive<u16>,
+    pub passive_host: Option<std::net::Ipv4Addr>,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub users_file: PathBuf,
+    pub initial_user: String,
+    pub anonymous: bool,
+    pub failed_logins_max: u32,
+    pub failed_logins_window: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub idle_timeout: Duration,
+    pub fsync: bool,
+    pub upload_buffer: usize,
+    pub checkpoint: u64,
+    pub takeover_wait: Duration,
+    pub shutdown_grace: Duration,
+    pub front: bool,
+    pub internal_listen: SocketAddr,
+    pub ftps: Option<(PathBuf, PathBuf)>,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment passed in (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(bad(
+                    "--config",
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FTPD_"))
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("FTPD")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw: Raw = b.build()?.try_deserialize()?;
+        Self::check(raw)
+    }
+
+    fn check(r: Raw) -> Result<Self, ConfigError> {
+        let addr = |key: &'static str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|_| {
+                bad(
+                    key,
+                    format!("'{v}' is not an address:port such as 127.0.0.1:2121"),
+                )
+            })
+        };
+        let listen = addr("listen", &r.listen)?;
+        let internal_listen = addr("internal_listen", &r.internal_listen)?;
+        if !internal_listen.ip().is_loopback() {
+            return Err(bad(
+                "internal_listen",
+                "must be a loopback address (nothing outside may reach it)",
+            ));
+        }
+        let passive_ports =
+            parse_ports(&r.passive_ports).map_err(|reason| bad("passive_ports", reason))?;
+        if passive_ports.contains(&listen.port()) {
+            return Err(bad(
+                "passive_ports",
+                format!("range includes the control port {}", listen.port()),
+            ));
+        }
+        let passive_host = match r.passive_host.trim() {
+            "" => None,
+            h => Some(h.parse().map_err(|_| {
+                bad(
+                    "passive_host",
+                    format!("'{h}' is not an IPv4 address (PASV carries IPv4 only)"),
+                )
+            })?),
+        };
+        let log_format = match r.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            o => {
+                return Err(bad(
+                    "log_format",
+                    format!("'{o}' is neither \"text\" nor \"json\""),
+                ))
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&r.log_level).is_err()
+            || r.log_level.trim().is_empty()
+        {
+            return Err(bad(
+                "log_level",
+                format!("'{}' is not a level or tracing filter", r.log_level),
+            ));
+        }
+        let fsync = match r.durability.as_str() {
+            "fsync" => true,
+            "none" => false,
+            o => {
+                return Err(bad(
+                    "durability",
+                    format!("'{o}' is neither \"fsync\" nor \"none\""),
+                ))
+            }
+        };
+        if !(4..=65536).contains(&r.upload_buffer_kib) {
+            return Err(bad("upload_buffer_kib", "must be between 4 and 65536"));
+        }
+        if r.checkpoint_mib == 0 {
+            return Err(bad("checkpoint_mib", "must be at least 1"));
+        }
+        if r.idle_timeout == 0 {
+            return Err(bad("idle_timeout", "must be at least 1 second"));
+        }
+        crate::users::validate_name(&r.initial_user)
+            .map_err(|e| bad("initial_user", e.to_string()))?;
+        for (key, p) in [
+            ("root", &r.root),
+            ("state_dir", &r.state_dir),
+            ("users_file", &r.users_file),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(bad(key, "must not be empty"));
+            }
+        }
+        let ftps = match (
+            r.ftps_cert.as_os_str().is_empty(),
+            r.ftps_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => None,
+            (false, false) => {
+                for (key, p) in [("ftps_cert", &r.ftps_cert), ("ftps_key", &r.ftps_key)] {
+                    if !p.is_file() {
+                        return Err(bad(key, format!("{} is not a readable file", p.display())));
+                    }
+                }
+                Some((r.ftps_cert, r.ftps_key))
+            }
+            _ => {
+                return Err(bad(
+                    "ftps_cert",
+                    "ftps_cert and ftps_key must be set together",
+                ))
+            }
+        };
+        Ok(Settings {
+            listen,
+            passive_ports,
+            passive_host,
+            root: r.root,
+            state_dir: r.state_dir,
+            users_file: r.users_file,
+            initial_user: r.initial_user,
+            anonymous: r.anonymous,
+            failed_logins_max: r.failed_logins_max,
+            failed_logins_window: Duration::from_secs(r.failed_logins_window),
+            log_level: r.log_level,
+            log_format,
+            idle_timeout: Duration::from_secs(r.idle_timeout),
+            fsync,
+            upload_buffer: (r.upload_buffer_kib * 1024) as usize,
+            checkpoint: r.checkpoint_mib << 20,
+            takeover_wait: Duration::from_secs(r.takeover_wait),
+            shutdown_grace: Duration::from_secs(r.shutdown_grace),
+            front: r.front,
+            internal_listen,
+            ftps,
+        })
+    }
+}
+
+fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not FIRST-LAST, e.g. 50000-50100"))?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("'{v}' is not a port number 1-65535"))
+    };
+    let (a, b) = (p(a)?, p(b)?);
+    if a > b {
+        return Err(format!("first port {a} is above last port {b}"));
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.listen.port(), 2121);
+        assert_eq!(s.passive_ports, 50000..=50100);
+        assert!(s.fsync);
+        assert!(!s.anonymous);
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FTPD_LISTEN", "127.0.0.1:2999"),
+                ("FTPD_PASSIVE_PORTS", "40000-40010"),
+                ("FTPD_DURABILITY", "none"),
+                ("FTPD_IDLE_TIMEOUT", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 2999);
+        assert_eq!(s.passive_ports, 40000..=40010);
+        assert!(!s.fsync);
+        assert_eq!(s.idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        for (k, v, key) in [
+            ("FTPD_LISTEN", "nowhere", "listen"),
+            ("FTPD_PASSIVE_PORTS", "60000-50000", "passive_ports"),
+            ("FTPD_PASSIVE_PORTS", "50000", "passive_ports"),
+            ("FTPD_LOG_FORMAT", "xml", "log_format"),
+            ("FTPD_DURABILITY", "maybe", "durability"),
+            ("FTPD_INTERNAL_LISTEN", "0.0.0.0:1", "internal_listen"),
+            ("FTPD_IDLE_TIMEOUT", "soon", "idle_timeout"),
+        ] {
+            let e = Settings::load_from(None, env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:2200\"\nanonymous = true\n").unwrap();
+        let s = Settings::load_from(Some(&f), env(&[])).unwrap();
+        assert_eq!(s.listen.port(), 2200);
+        assert!(s.anonymous);
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = Settings::load_from(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+}

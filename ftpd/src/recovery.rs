@@ -1,0 +1,148 @@
+//! Start-up reconciliation of uploads a crash cut short.
+//!
+//! A record still marked open belongs to a transfer that never reached its end. Its size and
+//! CRC are those of the last checkpoint; the file may hold more bytes written since (a killed
+//! process leaves them in the page cache). Those extra bytes are read once and counted, so the
+//! record again describes exactly the bytes in the file.
+
+use crate::paths;
+use crate::record::Record;
+use crate::store::{RecordStore, StoreError};
+use crate::upload::crc_of_prefix;
+use crc_tools::{combine, Crc32, State};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// What reconciliation did, for the start-up log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub reconciled: usize,
+    pub removed: usize,
+    pub bytes_read: u64,
+}
+
+/// CRC of `file` bytes `[from, to)`.
+fn crc_of_range(file: &std::fs::File, from: u64, to: u64) -> io::Result<u32> {
+    let mut crc = Crc32::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < to {
+        let want = buf.len().min((to - pos) as usize);
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
+        }
+        crc.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(crc.value())
+}
+
+/// Brings every open record in line with its file under `root/<user>/`.
+pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    for (user, path, rec) in store.open_records()? {
+        let file =
+            cap_std::fs::Dir::open_ambient_dir(root.join(&user), cap_std::ambient_authority())
+                .and_then(|home| home.open(paths::relative(&path)))
+                .map(|f| f.into_std());
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                store.remove(&user, &path)?;
+                report.removed += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload");
+                continue;
+            }
+        };
+        let outcome = (|| -> io::Result<(u64, u32, u64)> {
+            let len = file.metadata()?.len();
+            Ok(if len >= rec.size {
+                let tail = crc_of_range(&file, rec.size, len)?;
+                (len, combine(rec.crc, tail, len - rec.size), len - rec.size)
+            } else {
+                // Only possible when data was not fsynced before a power cut: recount it all.
+                (len, crc_of_prefix(&file, len)?, len)
+            })
+        })();
+        match outcome {
+            Ok((size, crc, read)) => {
+                let state = if rec.declared == Some(crc) {
+                    State::Verified
+                } else {
+                    State::Partial
+                };
+                let fixed = Record {
+                    size,
+                    crc,
+                    state,
+                    open: false,
+                    updated: SystemTime::now(),
+                    ..rec
+                };
+                store.put(&user, &path, &fixed)?;
+                report.reconciled += 1;
+                report.bytes_read += read;
+                tracing::info!(%user, %path, size, recorded = rec.size, %state, "reconciled interrupted upload");
+            }
+            Err(e) => {
+                tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload")
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+    use crc_tools::crc32;
+
+    #[test]
+    fn counts_bytes_written_after_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("u")).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31) as u8).collect();
+        std::fs::write(root.join("u/a.ts"), &data).unwrap();
+        std::fs::write(root.join("u/short.ts"), &data[..100]).unwrap();
+        let store = RedbStore::open(dir.path(), false).unwrap();
+        store
+            .put(
+                "u",
+                "/a.ts",
+                &Record::opened(Some(crc32(&data)), 4096, crc32(&data[..4096])),
+            )
+            .unwrap();
+        store
+            .put("u", "/short.ts", &Record::opened(None, 5000, 1))
+            .unwrap();
+        store
+            .put("u", "/gone.ts", &Record::opened(None, 1, 1))
+            .unwrap();
+
+        let report = recover(&store, &root).unwrap();
+        assert_eq!(report.reconciled, 2);
+        assert_eq!(report.removed, 1);
+        let a = store.get("u", "/a.ts").unwrap().unwrap();
+        assert_eq!(
+            (a.size, a.crc, a.open, a.state),
+            (10_000, crc32(&data), false, State::Verified)
+        );
+        let s = store.get("u", "/short.ts").unwrap().unwrap();
+        assert_eq!(
+            (s.size, s.crc, s.state),
+            (100, crc32(&data[..100]), State::Partial)
+        );
+        assert!(store.open_records().unwrap().is_empty());
+    }
+}

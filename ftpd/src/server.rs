@@ -1,0 +1,176 @@
+//! Wires libunftp, the storage back-end, accounts and the KEY handlers together, and runs the
+//! server until SIGTERM / Ctrl-C.
+
+use crate::config::Settings;
+use crate::site_hash::SiteHash;
+use crate::site_key::SiteKey;
+use crate::storage::KeyStorage;
+use crate::store::{RecordStore, RedbStore, StoreError};
+use crate::upload::{Shared, UploadConfig};
+use crate::users::{self, HomeProvider, UsersAuthenticator, UsersError, UsersFile};
+use crate::writers::Writers;
+use libunftp::options::{FailedLoginsBlock, FailedLoginsPolicy, Shutdown};
+use libunftp::ServerBuilder;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create {what} directory {path}: {source}")]
+    Dir {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("cannot open the checksum store in the state directory: {0}")]
+    Store(#[from] StoreError),
+    #[error("server: {0}")]
+    Server(#[from] libunftp::ServerError),
+}
+
+fn make_dir(what: &'static str, path: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(path).map_err(|source| ServeError::Dir {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// On a first start with no accounts, creates one and prints its password once.
+fn ensure_an_account(s: &Settings) -> Result<(), ServeError> {
+    let mut file = UsersFile::load(&s.users_file)?;
+    if !file.names().is_empty() || s.anonymous {
+        return Ok(());
+    }
+    let password = users::generate_password()?;
+    let iterations = NonZeroU32::new(users::DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+    file.add(&s.initial_user, &password, iterations)?;
+    file.save()?;
+    println!(
+        "ftpd: no accounts yet; created user '{}' with password '{}' in {} (shown once)",
+        s.initial_user,
+        password,
+        s.users_file.display()
+    );
+    Ok(())
+}
+
+/// Runs until a shutdown signal, then drains uploads for the grace period.
+pub async fn serve(s: Settings) -> Result<(), ServeError> {
+    make_dir("root", &s.root)?;
+    make_dir("state", &s.state_dir)?;
+    ensure_an_account(&s)?;
+
+    let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&s.state_dir, s.fsync)?);
+    let report = {
+        let (store, root) = (store.clone(), s.root.clone());
+        tokio::task::spawn_blocking(move || crate::recovery::recover(store.as_ref(), &root))
+            .await
+            .map_err(|e| StoreError::Db(redb::Error::Io(std::io::Error::other(e))))??
+    };
+    if report.reconciled + report.removed > 0 {
+        tracing::info!(
+            ?report,
+            "checksum store reconciled after an interrupted run"
+        );
+    }
+
+    let shared = Arc::new(Shared {
+        store,
+        writers: Arc::new(Writers::default()),
+        upload: UploadConfig {
+            buffer: s.upload_buffer,
+            checkpoint: s.checkpoint,
+            fsync: s.fsync,
+            takeover_wait: s.takeover_wait,
+        },
+    });
+    let authenticator = Arc::new(UsersAuthenticator::new(s.users_file.clone(), s.anonymous)?);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+
+    let generator_shared = shared.clone();
+    let mut builder = ServerBuilder::with_user_detail_provider(
+        Box::new(move || KeyStorage::new(generator_shared.clone())),
+        Arc::new(HomeProvider {
+            root: s.root.clone(),
+        }),
+    )
+    .authenticator(authenticator)
+    .greeting("ftpd ready (KEY resumable uploads)")
+    .passive_ports(s.passive_ports.clone())
+    .idle_session_timeout(s.idle_timeout.as_secs())
+    .logger(crate::logging::slog_logger())
+    .site_command("KEY", SiteKey)
+    .site_command("HASH", SiteHash::default())
+    .shutdown_indicator(async move {
+        let _ = stop_rx.await;
+        Shutdown::new().grace_period(Duration::from_secs(2))
+    });
+    if s.failed_logins_max > 0 {
+        builder = builder.failed_logins_policy(FailedLoginsPolicy::new(
+            s.failed_logins_max,
+            s.failed_logins_window,
+            FailedLoginsBlock::UserAndIP,
+        ));
+    }
+    if let Some(ip) = s.passive_host {
+        builder = builder.passive_host(ip);
+    }
+    if let Some((cert, key)) = &s.ftps {
+        builder = builder.ftps(cert.clone(), key.clone());
+    }
+    let server = builder.build()?;
+
+    tracing::info!(listen = %s.listen, passive_ports = ?s.passive_ports, root = %s.root.display(), "ftpd starting");
+    let listen = tokio::spawn(server.listen(s.listen.to_string()));
+    tokio::pin!(listen);
+
+    tokio::select! {
+        r = &mut listen => {
+            return match r {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(e) => Err(ServeError::Server(libunftp::ServerError::from(std::io::Error::other(e)))),
+            };
+        }
+        _ = shutdown_signal() => {}
+    }
+
+    // Drain: refuse nothing new at the FTP level yet, but give running uploads the grace
+    // period to finish; then ask the rest to stop and record what they stored.
+    tracing::info!(uploads = shared.writers.active(), grace = ?s.shutdown_grace, "shutting down");
+    let deadline = tokio::time::Instant::now() + s.shutdown_grace;
+    while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shared.writers.stop_all();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
+    tracing::info!(left = shared.writers.active(), "ftpd stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The upload write path: large buffers, the CRC of the bytes as they reach the file, periodic
+//! checkpoints, fsync before success, verification against the declared CRC, and the resume
+//! guards. It replaces unftp-sbe-fs's `put` (4 KiB buffers, no fsync, zero-filled holes) while
+//! keeping its confinement: files are opened through the user's `cap_std` root handle.
+
+use crate::paths;
+use crate::record::Record;
+use crate::store::{RecordStore, StoreError};
+use crate::writers::{Busy, Progress, Writers};
+use cap_std::fs::{Dir, OpenOptions};
+use crc_tools::{Crc32, KeyValue, State};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of the write path.
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    /// Bytes read from the network per write (two such buffers per upload).
+    pub buffer: usize,
+    /// Bytes between checkpoints of the record while an upload runs.
+    pub checkpoint: u64,
+    /// fsync the data and the record before acknowledging (and at checkpoints).
+    pub fsync: bool,
+    /// How long a newcomer waits for a stalled writer of the same file to let go.
+    pub takeover_wait: Duration,
+}
+
+/// What the upload path shares across sessions.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Arc<dyn RecordStore>,
+    pub writers: Arc<Writers>,
+    pub upload: UploadConfig,
+}
+
+/// One upload as the session asks for it.
+#[derive(Debug)]
+pub struct Request {
+    pub user: String,
+    /// Normalised path within the user's root.
+    pub path: String,
+    /// REST offset (APPE: the current size).
+    pub start_pos: u64,
+    /// The CRC this session declared for the file, if any.
+    pub declared: Option<u32>,
+}
+
+/// Why an upload was refused or did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error("REST {rest} is beyond the stored size {size}")]
+    RestBeyondEnd { rest: u64, size: u64 },
+    #[error("resume refused: the file was declared {stored}, this session declared {declared}")]
+    KeyConflict {
+        stored: KeyValue,
+        declared: KeyValue,
+    },
+    #[error("verification failed: declared {declared}, the stored file has {actual}")]
+    Mismatch {
+        declared: KeyValue,
+        actual: KeyValue,
+    },
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("transfer interrupted after {stored} bytes were stored")]
+    Interrupted { stored: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<UploadError> for unftp_core::storage::Error {
+    fn from(e: UploadError) -> Self {
+        use unftp_core::storage::ErrorKind as K;
+        let kind = match &e {
+            UploadError::Busy(_) => K::TransientFileNotAvailable,
+            UploadError::RestBeyondEnd { .. } | UploadError::KeyConflict { .. } => {
+                K::PermissionDenied
+            }
+            UploadError::Mismatch { .. } | UploadError::Store(_) => K::LocalError,
+            UploadError::NotAFile => K::FileNameNotAllowedError,
+            UploadError::Interrupted { .. } => K::ConnectionClosed,
+            UploadError::Io(io) => return crate::storage::io_error(io),
+        };
+        unftp_core::storage::Error::new(kind, e)
+    }
+}
+
+/// Runs `f` on the blocking pool (file and store I/O must not stall the async workers).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Io(io::Error::other(e)))?
+}
+
+/// CRC of the first `len` bytes of `file`.
+pub fn crc_of_prefix(file: &std::fs::File, len: u64) -> io::Result<u32> {
+    let mut crc = Crc32::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = buf.len().min((len - pos) as usize);
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than its record",
+            ));
+        }
+        crc.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(crc.value())
+}
+
+/// Where the file stands when an upload may begin.
+struct Opened {
+    file: std::fs::File,
+    prefix_crc: u32,
+    declared: Option<u32>,
+}
+
+/// Runs one upload to its end. Cancel-safe by construction: the caller spawns it as a task
+/// and cancels `abort` instead of dropping it, so every exit path records what is stored.
+pub async fn run<R>(
+    shared: Arc<Shared>,
+    root: Arc<Dir>,
+    req: Request,
+    mut reader: R,
+    abort: CancellationToken,
+) -> Result<u64, UploadError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let key = (req.user.clone(), req.path.clone());
+    let lock = tokio::select! {
+        l = shared.writers.acquire(key, shared.upload.takeover_wait) => l?,
+        _ = abort.cancelled() => return Err(UploadError::Interrupted { stored: req.start_pos }),
+    };
+    let opened = {
+        let (shared, root) = (shared.clone(), root.clone());
+        let (user, path, start_pos, declared) = (
+            req.user.clone(),
+            req.path.clone(),
+            req.start_pos,
+            req.declared,
+        );
+        blocking(move || open_for_upload(&shared, &root, &user, &path, start_pos, declared)).await?
+    };
+    let Opened {
+        mut file,
+        prefix_crc,
+        declared,
+    } = opened;
+
+    let store = shared.store.clone();
+    let cfg = shared.upload.clone();
+    let mut crc = Crc32::resume(prefix_crc, req.start_pos);
+    lock.set_progress(Progress {
+        size: crc.len(),
+        crc: crc.value(),
+    });
+    let mut next = vec![0u8; cfg.buffer];
+    let mut spare = vec![0u8; cfg.buffer];
+    let mut since_checkpoint = 0u64;
+    let mut received = 0u64;
+    let mut in_flight: Option<tokio::task::JoinHandle<WriteDone>> = None;
+
+    let ending = loop {
+        // Fill `next` from the network while the previous buffer is being written.
+        let mut filled = 0;
+        let mut end = None;
+        while filled < next.len() {
+            tokio::select! {
+                biased;
+                _ = lock.stop.cancelled() => { end = Some(Ending::Stopped); break; }
+                _ = abort.cancelled() => { end = Some(Ending::Stopped); break; }
+                r = reader.read(&mut next[filled..]) => match r {
+                    Ok(0) => { end = Some(Ending::Eof); break; }
+                    Ok(n) => filled += n,
+                    Err(e) => { end = Some(Ending::ReadError(e)); break; }
+                },
+            }
+        }
+        if let Some(h) = in_flight.take() {
+            let done = collect(h).await;
+            (file, spare, crc) = (done.file, done.buf, done.crc);
+            lock.set_progress(Progress {
+                size: crc.len(),
+                crc: crc.value(),
+            });
+            if let Err(e) = done.result {
+                break Ending::WriteError(e);
+            }
+        }
+        if filled > 0 {
+            received += filled as u64;
+            since_checkpoint += filled as u64;
+            let checkpoint = (since_checkpoint >= cfg.checkpoint).then(|| {
+                since_checkpoint = 0;
+                (
+                    store.clone(),
+                    req.user.clone(),
+                    req.path.clone(),
+                    declared,
+                    cfg.fsync,
+                )
+            });
+            let buf = std::mem::replace(&mut next, std::mem::take(&mut spare));
+            let f = file.try_clone()?;
+            let handle = tokio::task::spawn_blocking({
+                let c = crc.clone();
+                move || write_chunk(f, buf, filled, c, checkpoint)
+            });
+            if end.is_none() {
+                in_flight = Some(handle);
+                continue;
+            }
+            let done = collect(handle).await;
+            (file, crc) = (done.file, done.crc);
+            if let Err(e) = done.result {
+                break Ending::WriteError(e);
+            }
+        }
+        break end.unwrap_or(Ending::Eof);
+    };
+
+    let size = crc.len();
+    let actual = crc.value();
+    let state = match (&ending, declared) {
+        (Ending::Eof, Some(d)) if d == actual => State::Verified,
+        (Ending::Eof, Some(_)) => State::Mismatch,
+        (Ending::Eof, None) => State::Complete,
+        _ => State::Partial,
+    };
+    let record = Record {
+        declared,
+        size,
+        crc: actual,
+        state,
+        open: false,
+        updated: SystemTime::now(),
+    };
+    let (user, path, fsync) = (req.user.clone(), req.path.clone(), cfg.fsync);
+    blocking(move || {
+        if fsync {
+            file.sync_data()?;
+        }
+        store.put(&user, &path, &record)?;
+        Ok(())
+    })
+    .await?;
+    drop(lock);
+
+    let (user, path) = (&req.user, &req.path);
+    match ending {
+        Ending::Eof => match declared {
+            Some(d) if state == State::Mismatch => {
+                tracing::warn!(%user, %path, declared = %KeyValue(d), actual = %KeyValue(actual), size, "upload failed verification; bytes kept for resuming");
+                Err(UploadError::Mismatch {
+                    declared: KeyValue(d),
+                    actual: KeyValue(actual),
+                })
+            }
+            _ => {
+                tracing::info!(%user, %path, size, received, %state, "upload complete");
+                Ok(received)
+            }
+        },
+        Ending::Stopped => {
+            tracing::info!(%user, %path, size, "upload stopped (taken over, aborted or shutting down); stored bytes recorded");
+            Err(UploadError::Interrupted { stored: size })
+        }
+        Ending::ReadError(e) => {
+            tracing::info!(%user, %path, size, error = %e, "upload interrupted; stored bytes recorded");
+            Err(UploadError::Interrupted { stored: size })
+        }
+        Ending::WriteError(e) => {
+            tracing::warn!(%user, %path, size, error = %e, "upload failed writing; stored bytes recorded");
+            Err(e)
+        }
+    }
+}
+
+enum Ending {
+    Eof,
+    Stopped,
+    ReadError(io::Error),
+    WriteError(UploadError),
+}
+
+type Checkpoint = (Arc<dyn RecordStore>, String, String, Option<u32>, bool);
+
+struct WriteDone {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    crc: Crc32,
+    result: Result<(), UploadError>,
+}
+
+async fn collect(h: tokio::task::JoinHandle<WriteDone>) -> WriteDone {
+    match h.await {
+        Ok(done) => done,
+        // A panicking write task is a bug; surface it as an I/O error with no file left.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Writes one buffer, then counts it; on a failed write the file is cut back to the counted
+/// length, so the record never claims bytes that are not in the file.
+fn write_chunk(
+    mut file: std::fs::File,
+    buf: Vec<u8>,
+    len: usize,
+    mut crc: Crc32,
+    checkpoint: Option<Checkpoint>,
+) -> WriteDone {
+    let result = (|| {
+        if let Err(e) = file.write_all(&buf[..len]) {
+            let _ = file.set_len(crc.len());
+            return Err(UploadError::Io(e));
+        }
+        crc.update(&buf[..len]);
+        if let Some((store, user, path, declared, fsync)) = checkpoint {
+            if fsync {
+                file.sync_data()?;
+            }
+            store.put(
+                &user,
+                &path,
+                &Record::opened(declared, crc.len(), crc.value()),
+            )?;
+        }
+        Ok(())
+    })();
+    WriteDone {
+        file,
+        buf,
+        crc,
+        result,
+    }
+}
+
+/// Opens the file and applies the resume guards; on success the file is positioned at
+/// `start_pos` and an open record describes its first `start_pos` bytes.
+fn open_for_upload(
+    shared: &Shared,
+    root: &Dir,
+    user: &str,
+    path: &str,
+    start_pos: u64,
+    session_declared: Option<u32>,
+) -> Result<Opened, UploadError> {
+    let rel = paths::relative(path);
+    let mut oo = OpenOptions::new();
+    oo.read(true).write(true).create(true);
+    let existed = root.symlink_metadata(rel).is_ok();
+    let file = root.open_with(rel, &oo)?.into_std();
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(UploadError::NotAFile);
+    }
+    let disk_len = meta.len();
+    if start_pos > disk_len {
+        return Err(UploadError::RestBeyondEnd {
+            rest: start_pos,
+            size: disk_len,
+        });
+    }
+    let record = shared.store.get(user, path)?.filter(|r| r.size == disk_len);
+    let stored_declared = record.and_then(|r| r.declared);
+    if start_pos > 0 {
+        if let (Some(stored), Some(mine)) = (stored_declared, session_declared) {
+            if stored != mine {
+                return Err(UploadError::KeyConflict {
+                    stored: KeyValue(stored),
+                    declared: KeyValue(mine),
+                });
+            }
+        }
+    }
+    let prefix_crc = match record {
+        _ if start_pos == 0 => 0,
+        Some(r) if r.size == start_pos => r.crc,
+        // REST below the stored size, or a file with no record: read the prefix once.
+        _ => crc_of_prefix(&file, start_pos)?,
+    };
+    let declared = if start_pos == 0 {
+        session_declared
+    } else {
+        session_declared.or(stored_declared)
+    };
+    if disk_len != start_pos {
+        file.set_len(start_pos)?;
+    }
+    let mut file = file;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(start_pos))?;
+    if !existed && shared.upload.fsync {
+        sync_parent(root, rel)?;
+    }
+    shared
+        .store
+        .put(user, path, &Record::opened(declared, start_pos, prefix_crc))?;
+    Ok(Opened {
+        file,
+        prefix_crc,
+        declared,
+    })
+}
+
+/// Makes a new directory entry durable.
+pub fn sync_parent(root: &Dir, rel: &str) -> io::Result<()> {
+    let parent = std::path::Path::new(rel)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    root.open_dir(parent)?.into_std_file().sync_all()
+}
