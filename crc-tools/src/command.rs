@@ -45,7 +45,7 @@ impl fmt::Display for KeyCommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyCommandError::MissingArgument => {
-                f.write_str("KEY needs an argument: <crc> [path], NULL [path] or INFO [path]")
+                f.write_str("missing argument: expected <crc> [path], NULL [path] or INFO [path]")
             }
             KeyCommandError::BadValue(e) => e.fmt(f),
         }

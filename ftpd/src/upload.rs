@@ -423,5 +423,7 @@ pub fn sync_parent(root: &Dir, rel: &str) -> io::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    root.open_dir(parent)?.into_std_file().sync_all()
+    // `open_dir` gives an O_PATH handle, which cannot be fsynced; a read-only open can.
+    root.open_with(parent, OpenOptions::new().read(true))?
+        .sync_all()
 }
