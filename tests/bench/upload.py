@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Upload benchmark: a file sent with curl to ftpd, vsftpd and a plain libunftp server, rounds
+interleaved, printing throughput and server CPU seconds as ratios against the baselines
+measured in the same run. Also KEY INFO latency on a 4 GiB partial file against a 4 KiB one,
+and RSS per idle logged-in session (ftpd against plain libunftp).
+
+    python3 tests/bench/upload.py [--size-mib 1024] [--rounds 3] [--dir /tmp] [--sessions 200]
+
+Needs release builds: cargo build --release -p ftpd --example plain_libunftp; and vsftpd.
+"""
+
+import argparse
+import ftplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+from servers import CpuMeter, Ftpd, PlainLibunftp, Vsftpd
+
+
+def make_file(path: Path, mib: int) -> None:
+    if path.exists() and path.stat().st_size == mib << 20:
+        return
+    block = bytes(range(256)) * 4096  # 1 MiB, incompressible enough for a disk
+    with open(path, "wb") as f:
+        for i in range(mib):
+            f.write(block[i % 256 :] + block[: i % 256])
+
+
+def upload(server, src: Path, name: str) -> tuple[float, float]:
+    target = server.file(name)
+    if target.exists():
+        target.unlink()
+    meter = CpuMeter(server)
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
+    wall = time.perf_counter() - t0
+    cpu = meter.stop()
+    assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
+    return wall, cpu
+
+
+def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
+    """Median KEY INFO round trip on a 4 GiB partial file and on a 4 KiB one."""
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", ftpd.port)
+    f.login(ftpd.user, ftpd.password)
+    f.voidcmd("TYPE I")
+    small = bytes(4096)
+    from io import BytesIO
+
+    f.sendcmd("SITE KEY 0x%08X" % zlib.crc32(small))
+    f.storbinary("STOR small.ts", BytesIO(small))
+    # 4 GiB partial: send 4 GiB, then reset the data connection (a link that died).
+    f.sendcmd("SITE KEY 0x12345678")
+    conn = f.transfercmd("STOR big.ts")
+    block = bytes(1 << 20)
+    for _ in range(4096):
+        conn.sendall(block)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+    try:
+        f.voidresp()
+    except ftplib.Error:
+        pass
+    time.sleep(1)
+    out = {}
+    for name in ("small.ts", "big.ts"):
+        f.sendcmd(f"SITE KEY INFO {name}")
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            resp = f.sendcmd(f"SITE KEY INFO {name}")
+            times.append(time.perf_counter() - t0)
+        out[name] = (statistics.median(times), resp)
+    f.quit()
+    return out
+
+
+def idle_session_rss(server, sessions: int) -> float:
+    """KiB of server RSS per idle logged-in control connection."""
+    time.sleep(0.5)
+    before = server.rss_kib()
+    conns = []
+    for _ in range(sessions):
+        f = ftplib.FTP()
+        f.connect("127.0.0.1", server.port, timeout=60)
+        f.login(server.user, server.password)
+        conns.append(f)
+    time.sleep(1)
+    after = server.rss_kib()
+    for f in conns:
+        f.close()
+    return (after - before) / sessions
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="where servers store files")
+    ap.add_argument("--sessions", type=int, default=200)
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="ftpd-bench-", dir=args.dir))
+    src = Path(tempfile.gettempdir()) / f"ftpd-bench-{args.size_mib}m.bin"
+    make_file(src, args.size_mib)
+    servers = [
+        Vsftpd(base / "vsftpd").start(),
+        PlainLibunftp(base / "libunftp").start(),
+        Ftpd(base / "ftpd").start(),
+        Ftpd(base / "ftpd-nofsync", durability="none").start(),
+    ]
+    servers[3].name = "ftpd (durability=none)"
+    try:
+        results = {s.name: [] for s in servers}
+        for r in range(args.rounds):
+            for s in servers:
+                wall, cpu = upload(s, src, f"bench{r}.bin")
+                results[s.name].append((wall, cpu))
+                (s.file(f"bench{r}.bin")).unlink()
+        gib = args.size_mib / 1024
+        print(f"\nUpload of {args.size_mib} MiB with curl, {args.rounds} interleaved rounds, files in {args.dir}")
+        print(f"{'server':26} {'MiB/s':>8} {'CPU-s/GiB':>10} {'thr/vsftpd':>11} {'cpu/vsftpd':>11} {'thr/libunftp':>13}")
+        med = {}
+        for name, rs in results.items():
+            wall = statistics.median(w for w, _ in rs)
+            cpu = statistics.median(c for _, c in rs)
+            med[name] = (args.size_mib / wall, cpu / gib)
+        for name, (thr, cpu) in med.items():
+            v, p = med["vsftpd"], med["libunftp"]
+            print(f"{name:26} {thr:8.0f} {cpu:10.2f} {thr / v[0]:10.2f}x {cpu / v[1]:10.2f}x {thr / p[0]:12.2f}x")
+
+        if not args.skip_latency:
+            lat = key_info_latency(servers[3])
+            s, b = lat["small.ts"][0], lat["big.ts"][0]
+            print("\nKEY INFO median round trip (300 queries each):")
+            print(f"  4 KiB file: {s * 1e6:8.0f} us")
+            print(f"  4 GiB partial: {b * 1e6:8.0f} us   ratio {b / s:.2f}x")
+            print("  " + lat["big.ts"][1].replace("\n", "\n  "))
+
+        print(f"\nRSS per idle logged-in session, {args.sessions} sessions:")
+        plain = idle_session_rss(servers[1], args.sessions)
+        ours = idle_session_rss(servers[2], args.sessions)
+        print(f"  libunftp: {plain:6.1f} KiB   ftpd: {ours:6.1f} KiB   ratio {ours / plain:.2f}x")
+    finally:
+        for s in servers:
+            s.stop()
+        subprocess.run(["rm", "-rf", str(base)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
