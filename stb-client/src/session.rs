@@ -902,3 +902,6 @@ impl fmt::Write for Cursor<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
