@@ -231,6 +231,8 @@ pub struct UploadError<NE, FE> {
     pub decision: Option<Decision>,
     /// The local digest, if it was made.
     pub local: Option<LocalFile>,
+    /// File bytes written in the last attempt.
+    pub bytes_sent_last: u64,
     /// File bytes written over all attempts.
     pub bytes_sent_total: u64,
 }
@@ -314,7 +316,8 @@ where
                     last: AttemptError::Session(e.into()),
                     decision: None,
                     local: None,
-                    bytes_sent_total: 0,
+                    bytes_sent_last: 0,
+                    bytes_sent_total: total,
                 })
             }
         };
@@ -345,6 +348,7 @@ where
                         crc,
                         prefix: None,
                     })),
+                    bytes_sent_last: session.bytes_sent(),
                     bytes_sent_total: total,
                 });
             }
