@@ -101,9 +101,13 @@ impl Observer for Ui {
 
     fn attempt_failed(&mut self, attempt: u32, error: &dyn fmt::Display, retry_in_ms: Option<u32>) {
         if let Some(ms) = retry_in_ms {
+            let wait = if ms < 1000 {
+                format!("{ms} ms")
+            } else {
+                format!("{:.1} s", f64::from(ms) / 1000.0)
+            };
             self.note(format_args!(
-                "stb-upload: attempt {attempt} failed: {error}; retrying in {:.1} s",
-                f64::from(ms) / 1000.0
+                "stb-upload: attempt {attempt} failed: {error}; retrying in {wait}"
             ));
         }
     }
