@@ -29,6 +29,9 @@ pub mod session;
 #[cfg(feature = "std")]
 pub mod transport;
 
+#[cfg(test)]
+mod proptests;
+
 pub use decision::{Decision, LocalFile, Prefix, Reason};
 pub use driver::{
     upload, AttemptError, Buffers, Network, Observer, RetryPolicy, Sleep, UploadError,

@@ -489,9 +489,11 @@ impl<'a> Session<'a> {
 
     /// What to do next. `command_buf` receives command lines (see [`Step::Send`]).
     pub fn poll(&mut self, command_buf: &mut [u8]) -> Result<Step, SessionError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.check()?;
+        self.next_step(command_buf).map_err(|e| self.fail(e))
+    }
+
+    fn next_step(&mut self, command_buf: &mut [u8]) -> Result<Step, SessionError> {
         match self.phase {
             Phase::Digest => {
                 let prefix_at = match self.size {
@@ -522,16 +524,14 @@ impl<'a> Session<'a> {
             _ => {}
         }
         let command = self.phase.command().ok_or(SessionError::OutOfOrder)?;
-        let len = self.write_command(command_buf).map_err(|e| self.fail(e))?;
+        let len = self.write_command(command_buf)?;
         self.awaiting = true;
         Ok(Step::Send { len, command })
     }
 
     /// Feeds one line from the control connection.
     pub fn handle_line(&mut self, line: Line<'_>) -> Result<(), SessionError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.check()?;
         let event = self
             .parser
             .feed(line)
@@ -552,9 +552,7 @@ impl<'a> Session<'a> {
 
     /// The control connection reached end of stream.
     pub fn connection_closed(&mut self) -> Result<(), SessionError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.check()?;
         if self.phase == Phase::Quit {
             self.phase = Phase::Done;
             return Ok(());
@@ -564,6 +562,7 @@ impl<'a> Session<'a> {
 
     /// The local digest asked for by [`Step::Digest`].
     pub fn set_local(&mut self, local: LocalFile) -> Result<(), SessionError> {
+        self.check()?;
         if self.phase != Phase::Digest {
             return Err(self.fail(SessionError::OutOfOrder));
         }
@@ -578,6 +577,7 @@ impl<'a> Session<'a> {
 
     /// The data connection asked for by [`Step::Connect`] is open.
     pub fn data_connected(&mut self) -> Result<(), SessionError> {
+        self.check()?;
         if !matches!(self.phase, Phase::Connect(_)) {
             return Err(self.fail(SessionError::OutOfOrder));
         }
@@ -592,16 +592,18 @@ impl<'a> Session<'a> {
     /// write to the data connection (never more than remains). An empty `data` means the file
     /// ended early.
     pub fn file_data<'d>(&mut self, data: &'d [u8]) -> Result<&'d [u8], SessionError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.check()?;
+        self.pass_data(data).map_err(|e| self.fail(e))
+    }
+
+    fn pass_data<'d>(&mut self, data: &'d [u8]) -> Result<&'d [u8], SessionError> {
         if self.phase != Phase::Transfer {
-            return Err(self.fail(SessionError::OutOfOrder));
+            return Err(SessionError::OutOfOrder);
         }
         let remaining = self.end - self.offset;
         let n = crate::local::clamp(data.len(), remaining);
         if n == 0 && remaining > 0 {
-            return Err(self.fail(SessionError::LocalFileChanged));
+            return Err(SessionError::LocalFileChanged);
         }
         let out = &data[..n];
         if let Some(running) = &mut self.running {
@@ -613,7 +615,7 @@ impl<'a> Session<'a> {
             let local = self.local.ok_or(SessionError::OutOfOrder)?;
             if let Some(running) = &self.running {
                 if running.value() != local.crc || running.len() != local.len {
-                    return Err(self.fail(SessionError::LocalFileChanged));
+                    return Err(SessionError::LocalFileChanged);
                 }
             }
         }
@@ -622,12 +624,18 @@ impl<'a> Session<'a> {
 
     /// The data connection was closed after [`Step::CloseData`].
     pub fn data_closed(&mut self) -> Result<(), SessionError> {
+        self.check()?;
         if self.phase != Phase::Close {
             return Err(self.fail(SessionError::OutOfOrder));
         }
         self.phase = Phase::Final;
         self.awaiting = true;
         Ok(())
+    }
+
+    /// The stored error, if the session already failed: errors stick.
+    fn check(&self) -> Result<(), SessionError> {
+        self.failed.map_or(Ok(()), Err)
     }
 
     fn fail(&mut self, e: SessionError) -> SessionError {
