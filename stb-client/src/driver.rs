@@ -455,3 +455,231 @@ where
     net.close_control(control);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::SliceFile;
+    use crc_tools::crc32;
+    use std::string::String;
+    use std::vec::Vec;
+
+    /// A control stream that plays back a server's bytes in small pieces and records what
+    /// the client wrote: any `embedded-io` stack looks like this to the driver.
+    struct Scripted {
+        replies: Vec<u8>,
+        pos: usize,
+        written: Vec<u8>,
+    }
+
+    impl ErrorType for Scripted {
+        type Error = ErrorKind;
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, ErrorKind> {
+            let n = buf.len().min(7).min(self.replies.len() - self.pos);
+            buf[..n].copy_from_slice(&self.replies[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> Result<(), ErrorKind> {
+            Ok(())
+        }
+    }
+
+    struct Sink(Vec<u8>);
+
+    impl ErrorType for Sink {
+        type Error = ErrorKind;
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
+            let n = buf.len().min(1000);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> Result<(), ErrorKind> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct MockNet {
+        refuse_first: u32,
+        connects: u32,
+        commands: String,
+        uploaded: Vec<u8>,
+        data_addr: Option<PasvAddr>,
+    }
+
+    impl Network for MockNet {
+        type Error = ErrorKind;
+        type Control = Scripted;
+        type Data = Sink;
+
+        fn connect_control(&mut self) -> Result<Scripted, ErrorKind> {
+            self.connects += 1;
+            if self.connects <= self.refuse_first {
+                return Err(ErrorKind::ConnectionRefused);
+            }
+            let replies = [
+                "220 ready",
+                "331 password",
+                "230 logged in",
+                "200 binary",
+                "550 absent",
+                "230 KEY accepted",
+                "227 Entering Passive Mode (10,0,0,7,19,137)",
+                "150 go",
+                "226 verified",
+                "221 bye",
+            ]
+            .iter()
+            .flat_map(|l| [l.as_bytes(), b"\r\n"].concat())
+            .collect();
+            Ok(Scripted {
+                replies,
+                pos: 0,
+                written: Vec::new(),
+            })
+        }
+
+        fn connect_data(&mut self, addr: PasvAddr) -> Result<Sink, ErrorKind> {
+            self.data_addr = Some(addr);
+            Ok(Sink(Vec::new()))
+        }
+
+        fn close_data(&mut self, data: Sink) -> Result<(), ErrorKind> {
+            self.uploaded = data.0;
+            Ok(())
+        }
+
+        fn close_control(&mut self, control: Scripted) {
+            self.commands = String::from_utf8(control.written).unwrap();
+        }
+    }
+
+    #[test]
+    fn uploads_through_any_embedded_io_stack_after_retries() {
+        let file: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut net = MockNet {
+            refuse_first: 2,
+            ..MockNet::default()
+        };
+        let mut waits = Vec::new();
+        let report = upload(
+            &mut net,
+            &mut SliceFile(&file),
+            Config::new("stb", "pw", "rec.ts"),
+            RetryPolicy {
+                retries: 5,
+                initial_delay_ms: 100,
+                max_delay_ms: 1000,
+            },
+            Buffers {
+                control: &mut [0u8; 48],
+                command: &mut [0u8; 64],
+                data: &mut [0u8; 999],
+            },
+            &mut |ms| waits.push(ms),
+            &mut (),
+        )
+        .unwrap();
+        assert_eq!(waits, [100, 200]);
+        assert_eq!(report.attempts, 3);
+        assert_eq!(report.outcome.decision, Decision::Fresh);
+        assert!(report.outcome.verified);
+        assert_eq!(net.uploaded, file);
+        assert_eq!(
+            net.data_addr,
+            Some(PasvAddr {
+                ip: [10, 0, 0, 7],
+                port: 5001
+            })
+        );
+        let key = crc_tools::KeyValue(crc32(&file));
+        assert_eq!(
+            net.commands,
+            std::format!(
+                "USER stb\r\nPASS pw\r\nTYPE I\r\nSIZE rec.ts\r\nSITE KEY {key} rec.ts\r\n\
+                 PASV\r\nSTOR rec.ts\r\nQUIT\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn gives_up_after_the_retries() {
+        let mut net = MockNet {
+            refuse_first: 10,
+            ..MockNet::default()
+        };
+        let e = upload(
+            &mut net,
+            &mut SliceFile(b"abc"),
+            Config::new("stb", "pw", "rec.ts"),
+            RetryPolicy {
+                retries: 2,
+                initial_delay_ms: 1,
+                max_delay_ms: 1,
+            },
+            Buffers {
+                control: &mut [0u8; 32],
+                command: &mut [0u8; 64],
+                data: &mut [0u8; 16],
+            },
+            &mut |_| {},
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(e.attempts, 3);
+        assert_eq!(e.kind(), FailureKind::RetriesExhausted);
+        assert!(matches!(
+            e.last,
+            AttemptError::Network {
+                stage: Stage::Connect,
+                error: ErrorKind::ConnectionRefused
+            }
+        ));
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            retries: 10,
+            initial_delay_ms: 1000,
+            max_delay_ms: 60_000,
+        };
+        let waits: Vec<u32> = (1..=8).map(|n| p.delay_ms(n)).collect();
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        assert_eq!(p.delay_ms(u32::MAX), 60_000);
+    }
+
+    #[test]
+    fn empty_buffers_are_refused() {
+        let e = upload(
+            &mut MockNet::default(),
+            &mut SliceFile(b"abc"),
+            Config::new("stb", "pw", "rec.ts"),
+            RetryPolicy::default(),
+            Buffers {
+                control: &mut [],
+                command: &mut [0u8; 64],
+                data: &mut [0u8; 16],
+            },
+            &mut |_| {},
+            &mut (),
+        )
+        .unwrap_err();
+        assert!(matches!(e.last, AttemptError::EmptyBuffer));
+        assert_eq!(e.kind(), FailureKind::Permanent);
+    }
+}
