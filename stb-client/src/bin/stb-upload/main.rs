@@ -38,8 +38,8 @@ The password comes from --password-stdin or the STB_PASSWORD environment variabl
 #[derive(Debug, Parser)]
 #[command(name = "stb-upload", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Where to upload: ftp://USER@HOST[:PORT]/REMOTE/PATH (a path ending in / takes the
-    /// local file's name)
+    #[arg(help = "Where to upload: ftp://USER@HOST[:PORT]/REMOTE/PATH \
+                  (a path ending in / takes the local file's name)")]
     url: String,
 
     /// The file to upload
