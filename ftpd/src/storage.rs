@@ -84,6 +84,7 @@ pub fn io_error(e: &io::Error) -> Error {
             ErrorKind::InsufficientStorageSpaceError
         }
         io::ErrorKind::IsADirectory
+        | io::ErrorKind::NotADirectory
         | io::ErrorKind::InvalidInput
         | io::ErrorKind::InvalidFilename => ErrorKind::FileNameNotAllowedError,
         _ => ErrorKind::LocalError,
@@ -227,7 +228,18 @@ impl KeyStorage {
         tokio::task::spawn_blocking(move || {
             let meta = match root.metadata(paths::relative(&p)) {
                 Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(KeyError::NotFound(p)),
+                // A path through a regular file, or a name too long to exist, names no file:
+                // answer as SIZE does, not with a "try again later" local error.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound
+                            | io::ErrorKind::NotADirectory
+                            | io::ErrorKind::InvalidFilename
+                    ) =>
+                {
+                    return Err(KeyError::NotFound(p))
+                }
                 Err(e) => return Err(e.into()),
             };
             if !meta.is_file() {
