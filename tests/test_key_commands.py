@@ -329,6 +329,23 @@ def test_info_of_a_directory_or_missing_file_is_550(ftpd):
             f.sendcmd(cmd)
 
 
+def test_paths_that_cannot_name_a_file_answer_like_a_missing_file(ftpd):
+    """A path through a regular file or a name too long to exist: SIZE says 550, so KEY NULL
+    says unknown and INFO 550, never a "try again later" 4xx that a box would retry forever."""
+    f = ftpd.ftp()
+    stor(f, "a.ts", b"abc")
+    for path in ("a.ts/x", "a.ts/x/y", "n" * 300, "d/" + "n" * 300):
+        with pytest.raises(ftplib.error_perm, match=r"^550"):
+            f.sendcmd(f"SIZE {path}")
+        assert f.sendcmd(f"SITE KEY NULL {path}") == "230 0x00"
+        with pytest.raises(ftplib.error_perm, match=r"^550 KEY: "):
+            f.sendcmd(f"SITE KEY INFO {path}")
+    # an upload there is refused as a bad name, not as a transient local error
+    with pytest.raises(ftplib.error_perm, match=r"^553"):
+        stor(f, "a.ts/x", b"abc")
+    assert "KEY failed" not in ftpd.log()
+
+
 def test_before_login_every_form_is_530(ftpd):
     replies = raw_session(
         ftpd.port,
