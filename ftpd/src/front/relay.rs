@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -62,6 +63,16 @@ fn oob_inline(stream: &TcpStream) {
     if let Err(e) = socket2::SockRef::from(stream).set_out_of_band_inline(true) {
         tracing::debug!(error = %e, "could not set SO_OOBINLINE");
     }
+}
+
+/// Reads bytes that are already queued but that tokio will not report: with `SO_OOBINLINE` a
+/// read stops at the urgent mark and no new readiness event follows for the urgent byte itself.
+fn read_past_urgent_mark(stream: &TcpStream, buf: &mut [u8]) -> usize {
+    use std::io::Read;
+    let sock = socket2::SockRef::from(stream);
+    // The socket is non-blocking (tokio set it up), so this returns at once.
+    let mut reader: &socket2::Socket = &sock;
+    reader.read(buf).unwrap_or(0)
 }
 
 /// Opens the back-end connection and announces the real client with a PROXY header.
@@ -158,24 +169,25 @@ pub(super) async fn control_connection(
 
 /// Client to server: splits lines, rewrites `KEY`, watches `PASS` and `AUTH`. Returns `None`
 /// when the client closed its side normally.
-async fn client_to_server<R, W>(
-    client: &mut R,
+async fn client_to_server<W>(
+    client: &mut ReadHalf<'_>,
     server: &mut W,
     shared: &Shared,
     settings: &ControlSettings,
     peer: SocketAddr,
 ) -> Option<Ending>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut splitter = LineSplitter::new(settings.max_line);
     let mut buf = vec![0u8; CONTROL_READ];
     // When the current unfinished line began: the whole line must arrive within `line_timeout`.
     let mut partial_since: Option<Instant> = None;
+    let mut queued: Option<usize> = None;
     loop {
-        let read = match partial_since {
-            Some(since) => {
+        let read = match (queued.take(), partial_since) {
+            (Some(n), _) => Ok(n),
+            (None, Some(since)) => {
                 match tokio::time::timeout_at(since + settings.line_timeout, client.read(&mut buf))
                     .await
                 {
@@ -183,7 +195,7 @@ where
                     Err(_) => return Some(Ending::LineTimeout),
                 }
             }
-            None => client.read(&mut buf).await,
+            (None, None) => client.read(&mut buf).await,
         };
         let n = match read {
             Ok(0) => {
@@ -250,6 +262,10 @@ where
             true => Some(partial_since.unwrap_or_else(Instant::now)),
             false => None,
         };
+        if splitter.has_partial() {
+            let n = read_past_urgent_mark(client.as_ref(), &mut buf);
+            queued = (n > 0).then_some(n);
+        }
     }
 }
 
