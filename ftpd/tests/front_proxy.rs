@@ -86,8 +86,18 @@ fn free_loopback_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+type Builder = ServerBuilder<Filesystem, DefaultUser>;
+
 /// Starts libunftp (PROXY mode, loopback) behind a front on `public_ip`.
 async fn start(public_ip: IpAddr, tune: impl Fn(&mut FrontConfig)) -> Harness {
+    start_server(public_ip, tune, |b| b).await
+}
+
+async fn start_server(
+    public_ip: IpAddr,
+    tune: impl Fn(&mut FrontConfig),
+    server_options: impl FnOnce(Builder) -> Builder,
+) -> Harness {
     let dir = TempDir::new();
     let backend = free_loopback_port();
     let mut attempt = 0;
@@ -105,13 +115,15 @@ async fn start(public_ip: IpAddr, tune: impl Fn(&mut FrontConfig)) -> Harness {
     };
     let front_addr = front.local_addr();
     let root = dir.0.clone();
-    let server = ServerBuilder::with_authenticator(
-        Box::new(move || Filesystem::new(root.clone()).expect("filesystem")),
-        Arc::new(TestAuth),
+    let server = server_options(
+        ServerBuilder::with_authenticator(
+            Box::new(move || Filesystem::new(root.clone()).expect("filesystem")),
+            Arc::new(TestAuth),
+        )
+        .proxy_protocol_mode(front_addr.port())
+        .passive_ports(passive)
+        .site_command("KEY", EchoKey),
     )
-    .proxy_protocol_mode(front_addr.port())
-    .passive_ports(passive)
-    .site_command("KEY", EchoKey)
     .build()
     .expect("libunftp builds");
     tokio::spawn(async move {
@@ -583,4 +595,86 @@ async fn python_ftplib_works_through_the_front() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("ftplib: all ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftps_control_channel_is_relayed_raw() {
+    let tools = ["openssl", "curl"].iter().all(|t| {
+        std::process::Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    if !tools {
+        eprintln!("openssl or curl not found; skipping");
+        return;
+    }
+    let certs = TempDir::new();
+    let (cert, key) = (certs.0.join("cert.pem"), certs.0.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (c, k) = (cert.clone(), key.clone());
+    let h = start_server(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        |_| {},
+        move |b| b.ftps(c, k),
+    )
+    .await;
+    let upload = certs.0.join("up.bin");
+    let data = test_data(1024 * 1024);
+    std::fs::write(&upload, &data).expect("write upload");
+    let curl = |quote: &'static str| {
+        let url = format!("ftp://{USER}:{PASSWORD}@{}/tls.bin", h.front);
+        let upload = upload.clone();
+        async move {
+            tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--ssl-reqd",
+                    "-k",
+                    "--max-time",
+                    "60",
+                    "-Q",
+                    quote,
+                    "-T",
+                ])
+                .arg(&upload)
+                .arg(url)
+                .output()
+                .await
+                .expect("run curl")
+        }
+    };
+    // Under TLS the front cannot see commands: SITE KEY works, bare KEY reaches libunftp as is.
+    let ok = curl("SITE KEY 0x5F2D3A26").await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(std::fs::read(h.dir.0.join("tls.bin")).expect("file") == data);
+    let bare = curl("KEY 0x5F2D3A26").await;
+    assert!(
+        !bare.status.success(),
+        "bare KEY is not rewritten inside TLS"
+    );
 }
