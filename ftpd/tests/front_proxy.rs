@@ -482,6 +482,9 @@ async fn failed_logins_are_throttled_per_address() {
     a2.greet().await;
     assert_eq!(a2.cmd(&format!("USER {USER}")).await.0, 331);
     assert_eq!(a2.cmd("PASS wrong").await.0, 530);
+    // The failure that reaches the limit is answered, then that connection is closed with 421.
+    assert_eq!(a2.reply().await.0, 421);
+    assert!(a2.closed().await);
     // Further logins on an open connection and new connections get 421, even with the right password.
     assert_eq!(a.cmd(&format!("USER {USER}")).await.0, 331);
     assert_eq!(a.cmd(&format!("PASS {PASSWORD}")).await.0, 421);
@@ -494,6 +497,40 @@ async fn failed_logins_are_throttled_per_address() {
     let mut b = Ftp::connect_from(other, h.front).await;
     b.login().await;
     assert_eq!(b.cmd("KEY 0x1").await.0, 230);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_do_not_exceed_the_limit() {
+    let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
+        cfg.login_failures = 3
+    })
+    .await;
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
+    let front = h.front;
+    let guesses = (0..12).map(|i| {
+        tokio::spawn(async move {
+            let mut c = Ftp::connect_from(ip, front).await;
+            let (code, _) = c.reply().await;
+            if code != 220 {
+                return code;
+            }
+            c.send(format!("USER {USER}\r\nPASS wrong{i}\r\n").as_bytes())
+                .await;
+            assert_eq!(c.reply().await.0, 331);
+            c.reply().await.0
+        })
+    });
+    let mut failures = 0;
+    for g in guesses.collect::<Vec<_>>() {
+        match g.await.expect("guess task") {
+            530 => failures += 1,
+            421 => {}
+            other => panic!("unexpected reply {other}"),
+        }
+    }
+    assert_eq!(failures, 3, "guesses answered before the block");
+    let mut again = Ftp::connect_from(ip, h.front).await;
+    assert_eq!(again.reply().await.0, 421);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -40,9 +40,7 @@ mod relay;
 mod reply;
 mod throttle;
 
-pub use line::LineTooLong;
-pub use proxy_header::ProxyHeaderError;
-pub use throttle::LoginThrottle;
+use throttle::LoginThrottle;
 
 use std::future::Future;
 use std::io;
@@ -69,7 +67,7 @@ pub struct FrontConfig {
     pub line_timeout: Duration,
     /// Failed logins from one IP within `login_window` before that IP is refused; 0 = off.
     pub login_failures: u32,
-    /// Counting window, and how long a blocked IP stays blocked.
+    /// Counting window, and how long a blocked IP stays blocked (at most 30 days).
     pub login_window: Duration,
 }
 
@@ -113,6 +111,9 @@ pub enum FrontError {
     /// The passive range is empty or contains the control port.
     #[error("passive port range {start}-{end} is empty or contains the control port {control}")]
     BadPassiveRange { start: u16, end: u16, control: u16 },
+    /// A zero line timeout would cut every command that arrives in more than one packet.
+    #[error("line_timeout must be greater than zero")]
+    ZeroLineTimeout,
     /// The line limit is too small for ordinary FTP commands.
     #[error("max_line {0} is too small (at least {min})", min = MIN_LINE)]
     LineLimitTooSmall(usize),
@@ -142,6 +143,9 @@ impl Front {
         }
         if cfg.max_line < MIN_LINE {
             return Err(FrontError::LineLimitTooSmall(cfg.max_line));
+        }
+        if cfg.line_timeout.is_zero() {
+            return Err(FrontError::ZeroLineTimeout);
         }
         let control =
             TcpListener::bind(cfg.public_addr)
@@ -209,7 +213,7 @@ impl Front {
         let settings = relay::ControlSettings {
             backend_addr: cfg.backend_addr,
             max_line: cfg.max_line,
-            line_timeout: cfg.line_timeout,
+            line_timeout: cfg.line_timeout.min(throttle::MAX_WINDOW),
             throttle,
         };
         let mut acceptors = JoinSet::new();

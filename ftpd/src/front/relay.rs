@@ -3,7 +3,7 @@
 use super::line::{classify, rewrite_key, LineKind, LineSplitter};
 use super::proxy_header::{canonical, encode_v1};
 use super::reply::ReplyScanner;
-use super::throttle::LoginThrottle;
+use super::throttle::{Admission, LoginThrottle, Outcome};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,12 +12,17 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long the front waits for libunftp to accept a back-end connection.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size on the control channel; with `max_line` it bounds a connection's buffer.
 const CONTROL_READ: usize = 4096;
+/// How long a `PASS` waits for the result of the previous one on the same connection.
+const PASS_WAIT: Duration = Duration::from_secs(15);
+/// Time allowed for the front's own last words to a client that is being disconnected.
+const FAREWELL: Duration = Duration::from_secs(2);
 
 pub(super) const REPLY_THROTTLED: &[u8] =
     b"421 Too many failed logins from your address, try again later.\r\n";
@@ -43,18 +48,25 @@ enum Ending {
     LineTooLong,
     LineTimeout,
     Throttled,
+    /// A second PASS arrived and the first one's result never came.
+    PassStalled,
     Io(io::Error),
 }
 
 /// State the two directions of one control connection share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// PASS lines forwarded whose 230/530 has not been seen yet.
+    /// PASS lines forwarded whose 230/530 has not been seen yet. Only those two codes settle a
+    /// PASS: a stray reply can then never let a second guess overtake the first one's result.
     pending_pass: AtomicU32,
     /// An AUTH line was forwarded and its reply has not been seen yet.
     pending_auth: AtomicBool,
     /// The server accepted AUTH: from now on the channel is TLS and is relayed as raw bytes.
     raw: AtomicBool,
+    /// This connection's address reached the failed-login limit: close after this reply.
+    blocked: AtomicBool,
+    /// Signalled whenever a PASS result has been seen.
+    pass_done: Notify,
 }
 
 /// Makes urgent (OOB) bytes part of the normal stream, as RFC 6093 recommends: Python's ftplib
@@ -108,12 +120,12 @@ pub(super) async fn control_connection(
     if peer.is_ipv6() || local.is_ipv6() {
         // libunftp parses only TCP4 PROXY headers and PASV carries only IPv4.
         tracing::info!("refusing IPv6 control connection");
-        let _ = client.write_all(REPLY_NO_IPV6).await;
+        farewell(&mut client, REPLY_NO_IPV6).await;
         return;
     }
     if settings.throttle.is_blocked(peer.ip()) {
         tracing::info!("refusing connection: too many failed logins");
-        let _ = client.write_all(REPLY_THROTTLED).await;
+        farewell(&mut client, REPLY_THROTTLED).await;
         return;
     }
     let _ = client.set_nodelay(true);
@@ -122,7 +134,7 @@ pub(super) async fn control_connection(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(backend = %settings.backend_addr, error = %e, "cannot reach the FTP back-end");
-            let _ = client.write_all(REPLY_UNAVAILABLE).await;
+            farewell(&mut client, REPLY_UNAVAILABLE).await;
             return;
         }
     };
@@ -149,6 +161,7 @@ pub(super) async fn control_connection(
         Ending::LineTooLong => Some(REPLY_LINE_TOO_LONG),
         Ending::LineTimeout => Some(REPLY_LINE_TIMEOUT),
         Ending::Throttled => Some(REPLY_THROTTLED),
+        Ending::PassStalled => Some(REPLY_UNAVAILABLE),
         Ending::Closed | Ending::Io(_) => None,
     };
     match &ending {
@@ -156,15 +169,37 @@ pub(super) async fn control_connection(
         Ending::Io(e) => tracing::info!(error = %e, "control connection ended"),
         other => tracing::warn!(reason = ?other, "closing control connection"),
     }
-    if let Some(message) = message {
-        if !shared.raw.load(Ordering::SeqCst) {
+    drop(server);
+    // Attempts whose result never came free their place in the throttle.
+    for _ in 0..shared.pending_pass.swap(0, Ordering::SeqCst) {
+        settings.throttle.settle(peer.ip(), Outcome::Unknown);
+    }
+    match message {
+        Some(message) if !shared.raw.load(Ordering::SeqCst) => {
+            let mut words = Vec::with_capacity(message.len() + 2);
             if !scanner.at_line_start() {
-                let _ = cw.write_all(b"\r\n").await;
+                words.extend_from_slice(b"\r\n");
             }
-            let _ = cw.write_all(message).await;
+            words.extend_from_slice(message);
+            farewell(&mut client, &words).await;
+        }
+        _ => {
+            let _ = client.shutdown().await;
         }
     }
-    let _ = cw.shutdown().await;
+}
+
+/// Sends the front's last reply and closes gently: unread client input would make the close a
+/// reset, which can destroy the reply before the client reads it. Bounded in time and memory.
+async fn farewell(client: &mut TcpStream, message: &[u8]) {
+    let _ = tokio::time::timeout(FAREWELL, async {
+        client.write_all(message).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while client.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    })
+    .await;
 }
 
 /// Client to server: splits lines, rewrites `KEY`, watches `PASS` and `AUTH`. Returns `None`
@@ -239,9 +274,23 @@ where
                     }
                 }
                 LineKind::Pass => {
-                    if settings.throttle.is_blocked(peer.ip()) {
-                        let _ = server.write_all(&out).await;
-                        return Some(Ending::Throttled);
+                    if shared.pending_pass.load(Ordering::SeqCst) > 0 {
+                        // One login attempt at a time, so pipelined guesses are all counted
+                        // before the next one is let through.
+                        if let Err(e) = server.write_all(&out).await {
+                            return Some(Ending::Io(e));
+                        }
+                        out.clear();
+                        if !wait_for_pass_result(shared).await {
+                            return Some(Ending::PassStalled);
+                        }
+                    }
+                    if let Err(e) = server.write_all(&out).await {
+                        return Some(Ending::Io(e));
+                    }
+                    out.clear();
+                    if let Some(ending) = admit_login(&settings.throttle, peer).await {
+                        return Some(ending);
                     }
                     shared.pending_pass.fetch_add(1, Ordering::SeqCst);
                     out.extend_from_slice(&line);
@@ -265,6 +314,36 @@ where
         if splitter.has_partial() {
             let n = read_past_urgent_mark(client.as_ref(), &mut buf);
             queued = (n > 0).then_some(n);
+        }
+    }
+}
+
+/// Asks the throttle to let a login attempt through, waiting while too many from the same
+/// address are undecided. `None` means go ahead.
+async fn admit_login(throttle: &LoginThrottle, peer: SocketAddr) -> Option<Ending> {
+    let deadline = Instant::now() + PASS_WAIT;
+    loop {
+        match throttle.admit(peer.ip()) {
+            Admission::Go => return None,
+            Admission::Blocked => return Some(Ending::Throttled),
+            Admission::Wait if Instant::now() >= deadline => return Some(Ending::PassStalled),
+            Admission::Wait => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until no PASS result is outstanding; `false` if that takes longer than [`PASS_WAIT`].
+async fn wait_for_pass_result(shared: &Shared) -> bool {
+    let deadline = Instant::now() + PASS_WAIT;
+    loop {
+        let notified = shared.pass_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.pending_pass.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
         }
     }
 }
@@ -296,6 +375,9 @@ where
         if let Err(e) = client.write_all(data).await {
             return Ending::Io(e);
         }
+        if shared.blocked.load(Ordering::SeqCst) {
+            return Ending::Throttled;
+        }
     }
 }
 
@@ -310,14 +392,17 @@ fn on_reply(code: u16, shared: &Shared, settings: &ControlSettings, peer: Socket
     match code {
         230 if take_pass() => {
             tracing::info!("login succeeded");
-            settings.throttle.record_success(peer.ip());
+            settings.throttle.settle(peer.ip(), Outcome::Success);
+            shared.pass_done.notify_waiters();
         }
         530 if take_pass() => {
-            if settings.throttle.record_failure(peer.ip()) {
+            if settings.throttle.settle(peer.ip(), Outcome::Failure) {
                 tracing::warn!("login failed; too many failures, address blocked");
+                shared.blocked.store(true, Ordering::SeqCst);
             } else {
                 tracing::info!("login failed");
             }
+            shared.pass_done.notify_waiters();
         }
         234 if shared.pending_auth.swap(false, Ordering::SeqCst) => {
             tracing::info!("control channel upgraded to TLS; relaying raw bytes from now on");
