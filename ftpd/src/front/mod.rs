@@ -226,7 +226,7 @@ impl Front {
         for listener in passive {
             let backend = cfg.backend_addr;
             acceptors.spawn(accept_loop(listener, move |stream, peer| {
-                let span = tracing::debug_span!("ftp-data", client = %peer);
+                let span = tracing::info_span!("ftp-data", client = %peer);
                 tokio::spawn(relay::data_connection(stream, peer, backend).instrument(span));
             }));
         }

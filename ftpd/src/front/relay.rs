@@ -24,9 +24,9 @@ const PASS_WAIT: Duration = Duration::from_secs(15);
 /// Time allowed for the front's own last words to a client that is being disconnected.
 const FAREWELL: Duration = Duration::from_secs(2);
 
-pub(super) const REPLY_THROTTLED: &[u8] =
+const REPLY_THROTTLED: &[u8] =
     b"421 Too many failed logins from your address, try again later.\r\n";
-pub(super) const REPLY_LINE_TOO_LONG: &[u8] = b"500 Command line too long.\r\n";
+const REPLY_LINE_TOO_LONG: &[u8] = b"500 Command line too long.\r\n";
 const REPLY_LINE_TIMEOUT: &[u8] = b"421 Timed out waiting for the end of the command line.\r\n";
 const REPLY_UNAVAILABLE: &[u8] = b"421 Service not available, try again later.\r\n";
 const REPLY_NO_IPV6: &[u8] = b"421 IPv6 clients are not supported, connect over IPv4.\r\n";
@@ -48,7 +48,7 @@ enum Ending {
     LineTooLong,
     LineTimeout,
     Throttled,
-    /// A second PASS arrived and the first one's result never came.
+    /// A login attempt could not go ahead in time: an earlier PASS result never came.
     PassStalled,
     Io(io::Error),
 }
@@ -79,12 +79,13 @@ fn oob_inline(stream: &TcpStream) {
 
 /// Reads bytes that are already queued but that tokio will not report: with `SO_OOBINLINE` a
 /// read stops at the urgent mark and no new readiness event follows for the urgent byte itself.
-fn read_past_urgent_mark(stream: &TcpStream, buf: &mut [u8]) -> usize {
+/// `Some(0)` is end of stream; `None` means nothing is queued.
+fn read_past_urgent_mark(stream: &TcpStream, buf: &mut [u8]) -> Option<usize> {
     use std::io::Read;
     let sock = socket2::SockRef::from(stream);
     // The socket is non-blocking (tokio set it up), so this returns at once.
     let mut reader: &socket2::Socket = &sock;
-    reader.read(buf).unwrap_or(0)
+    reader.read(buf).ok()
 }
 
 /// Opens the back-end connection and announces the real client with a PROXY header.
@@ -312,8 +313,7 @@ where
             false => None,
         };
         if splitter.has_partial() {
-            let n = read_past_urgent_mark(client.as_ref(), &mut buf);
-            queued = (n > 0).then_some(n);
+            queued = read_past_urgent_mark(client.as_ref(), &mut buf);
         }
     }
 }
