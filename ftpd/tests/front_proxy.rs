@@ -715,3 +715,66 @@ async fn ftps_control_channel_is_relayed_raw() {
         "bare KEY is not rewritten inside TLS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_clients_leaves_the_front_serving() {
+    let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
+        cfg.max_line = 512;
+        cfg.line_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut seed = random_u64() | 1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: [&[u8]; 12] = [
+        b"KEY ",
+        b"key\xff\xfe",
+        b"PASS ",
+        b"AUTH TLS",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\0",
+        b"\xff\xf4\xff\xf2",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        b"SITE KEY ",
+        b"230-",
+    ];
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let mut junk = Vec::new();
+        for _ in 0..(next() % 64) {
+            if next() % 3 == 0 {
+                junk.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+            } else {
+                junk.extend((0..(next() % 300)).map(|_| next() as u8));
+            }
+        }
+        let front = h.front;
+        clients.push(tokio::spawn(async move {
+            if let Ok(mut s) = TcpStream::connect(front).await {
+                let _ = s.write_all(&junk).await;
+                let mut sink = vec![0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                    while let Ok(n) = s.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }));
+    }
+    for c in clients {
+        c.await.expect("junk client");
+    }
+    let mut ftp = Ftp::connect(h.front).await;
+    ftp.login().await;
+    assert_eq!(ftp.cmd("KEY 0x5F2D3A26").await.0, 230);
+    stor(&mut ftp, "after-junk.bin", b"fine").await;
+}

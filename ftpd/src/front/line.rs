@@ -219,6 +219,59 @@ mod tests {
         assert!(!s.has_partial());
     }
 
+    /// Random input, random read sizes: lines come out in order, byte for byte, never too long.
+    #[test]
+    fn random_streams_round_trip() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200 {
+            let max = 8 + (next() % 64) as usize;
+            let input: Vec<u8> = (0..(next() % 2000))
+                .map(|_| match next() % 10 {
+                    0 => b'\n',
+                    1 => b'\r',
+                    _ => next() as u8,
+                })
+                .collect();
+            let mut s = LineSplitter::new(max);
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            let mut failed = false;
+            'feed: while !rest.is_empty() {
+                let take = 1 + (next() as usize % rest.len().min(100));
+                s.push(&rest[..take]);
+                rest = &rest[take..];
+                loop {
+                    match s.next_line() {
+                        Ok(Some(line)) => {
+                            assert!(line.len() <= max && line.ends_with(b"\n"));
+                            out.extend_from_slice(&line);
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break 'feed;
+                        }
+                    }
+                }
+                assert!(s.buf.len() - s.start <= max);
+            }
+            if !failed {
+                out.extend_from_slice(&s.take_rest());
+                assert_eq!(out, input);
+            } else {
+                assert!(input.starts_with(&out));
+            }
+            let _ = rewrite_key(&input);
+            let _ = classify(&input);
+        }
+    }
+
     #[test]
     fn key_rewrite_is_case_insensitive() {
         assert_eq!(

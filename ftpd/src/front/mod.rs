@@ -3,29 +3,41 @@
 //!
 //! Each client line whose command word is `KEY` (any case) is rewritten to `SITE KEY <same
 //! arguments>`; every other byte goes through unchanged in both directions, so ordinary clients
-//! see libunftp exactly as it is. libunftp listens on loopback in PROXY protocol mode
-//! (`ServerBuilder::proxy_protocol_mode(public_port)`); the front opens one back-end connection
-//! per client control or data connection and starts it with a PROXY v1 header naming the real
-//! client address and the public address and port the client reached.
+//! see libunftp exactly as it is. libunftp listens on loopback in PROXY protocol mode; the front
+//! opens one back-end connection per client control or data connection and starts it with a
+//! PROXY v1 header naming the real client address and the public address and port the client
+//! reached. The front also listens on the passive ports and relays each data connection with
+//! that passive port as the header's destination, which is how libunftp's switchboard finds the
+//! session (by client IP and port).
 //!
 //! # What libunftp must be told
-//! * `proxy_protocol_mode(public_addr.port())`, `passive_ports(<same range as the front>)`, and
-//!   `listen(backend_addr)` on a loopback address.
+//! * `proxy_protocol_mode(public_port)` (the port of [`Front::local_addr`]),
+//!   `passive_ports(<the front's range>)`, and `listen(backend_addr)` on a loopback address.
 //! * `passive_host` stays at its default (from the connection): in PROXY mode the `227` reply
 //!   carries the destination address of the PROXY header, which the front fills with the address
 //!   the client connected to, so no rewriting is needed. Behind NAT, set `passive_host` to the
-//!   external address as usual.
-//! * No `failed_logins_policy` with IP blocking: libunftp sees every client as the loopback
-//!   address, so one attacker would lock everybody out. The front throttles per real IP instead
-//!   ([`FrontConfig::login_failures`], [`FrontConfig::login_window`]). Authenticators likewise
-//!   see `127.0.0.1` as the source IP, so per-user IP allow-lists cannot work behind the front.
+//!   external address as usual. EPSV answers `502` in this mode; clients fall back to PASV.
+//! * No `failed_logins_policy` blocking by IP (`IP` or `UserAndIP`): libunftp sees every client
+//!   as the loopback address, so one attacker would lock everybody out. The front throttles per
+//!   real IP instead. Authenticators likewise see `127.0.0.1` as the source IP, so per-user IP
+//!   allow-lists cannot work behind the front.
+//!
+//! # Failed-login throttling
+//! The front watches `PASS` lines and the `230`/`530` that settle them. After
+//! [`FrontConfig::login_failures`] failures from one IP within [`FrontConfig::login_window`], the
+//! IP is blocked for one window: the connection that hit the limit gets its `530` and then `421`
+//! and is closed, and new connections and logins from that IP get `421`. A success clears the
+//! count. Attempts still awaiting their result count against the limit and each connection has
+//! one `PASS` in flight at a time, so neither pipelining nor parallel connections get more
+//! guesses through.
 //!
 //! # Limits
 //! * Lines longer than [`FrontConfig::max_line`] get `500 Command line too long.` and the
 //!   connection is closed; a line not finished within [`FrontConfig::line_timeout`] gets `421`
-//!   and is closed. Data connections are spliced through fixed buffers, never stored.
+//!   and is closed. A control connection holds at most `max_line` plus two 4 KiB buffers; data
+//!   connections are spliced through fixed buffers, never stored.
 //! * After `AUTH TLS`/`AUTH SSL` is answered `234` the control channel is TLS and the front relays
-//!   it as raw bytes: bare `KEY` then no longer works (`SITE KEY` does), and login failures inside
+//!   it as raw bytes: bare `KEY` then no longer works (`SITE KEY` does), and login results inside
 //!   TLS sessions are not seen, so they are not counted (a blocked address is still refused when
 //!   it connects).
 //! * Clients must use IPv4 (IPv4-mapped addresses on a dual-stack listener are fine): libunftp
@@ -33,6 +45,8 @@
 //!   clients get `421`.
 //! * A PROXY header sent by a client is an ordinary command line to the front; only the front's
 //!   own back-end connections carry headers.
+//! * Logs (`tracing`) carry the real client address in the `client` field of each connection's
+//!   span.
 
 mod line;
 mod proxy_header;

@@ -131,6 +131,38 @@ mod tests {
     }
 
     #[test]
+    fn random_bytes_never_panic_and_split_reads_agree() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200 {
+            let data: Vec<u8> = (0..(next() % 3000))
+                .map(|_| match next() % 8 {
+                    0 => b'\n',
+                    1 => b'0' + (next() % 10) as u8,
+                    2 => b'-',
+                    3 => b' ',
+                    _ => next() as u8,
+                })
+                .collect();
+            let whole = codes(&mut ReplyScanner::new(), &data);
+            let mut s = ReplyScanner::new();
+            let mut pieces = Vec::new();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let take = 1 + (next() as usize % rest.len().min(50));
+                pieces.extend(codes(&mut s, &rest[..take]));
+                rest = &rest[take..];
+            }
+            assert_eq!(whole, pieces);
+        }
+    }
+
+    #[test]
     fn garbage_is_not_a_reply() {
         let mut s = ReplyScanner::new();
         assert_eq!(
