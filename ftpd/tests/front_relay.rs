@@ -262,6 +262,17 @@ async fn configuration_errors_are_reported() {
         Front::bind(cfg).await,
         Err(FrontError::BadPassiveRange { .. })
     ));
+    let cfg = FrontConfig::new(public, 30_000..=30_000, loopback);
+    assert!(matches!(
+        Front::bind(cfg).await,
+        Err(FrontError::BadPassiveRange { .. })
+    ));
+    let mut cfg = FrontConfig::new(public, 30_000..=30_010, loopback);
+    cfg.line_timeout = Duration::ZERO;
+    assert!(matches!(
+        Front::bind(cfg).await,
+        Err(FrontError::ZeroLineTimeout)
+    ));
     let mut cfg = FrontConfig::new(public, 30_000..=30_010, loopback);
     cfg.max_line = 10;
     assert!(matches!(

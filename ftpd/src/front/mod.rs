@@ -122,8 +122,9 @@ pub enum FrontError {
     /// The back-end must be reachable only from this host, or anyone could forge PROXY headers.
     #[error("back-end address {0} is not a loopback address")]
     BackendNotLoopback(SocketAddr),
-    /// The passive range is empty or contains the control port.
-    #[error("passive port range {start}-{end} is empty or contains the control port {control}")]
+    /// The passive range has fewer than two ports (libunftp's allocator divides by its width)
+    /// or contains the control port.
+    #[error("passive port range {start}-{end} needs at least two ports and must not contain the control port {control}")]
     BadPassiveRange { start: u16, end: u16, control: u16 },
     /// A zero line timeout would cut every command that arrives in more than one packet.
     #[error("line_timeout must be greater than zero")]
@@ -175,10 +176,7 @@ impl Front {
                 source,
             })?;
         let (start, end) = (*cfg.passive_ports.start(), *cfg.passive_ports.end());
-        if cfg.passive_ports.is_empty()
-            || cfg.passive_ports.contains(&local_addr.port())
-            || start == 0
-        {
+        if start == 0 || end <= start || cfg.passive_ports.contains(&local_addr.port()) {
             return Err(FrontError::BadPassiveRange {
                 start,
                 end,
