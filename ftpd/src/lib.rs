@@ -5,6 +5,7 @@
 //! `SITE KEY`. See `docs/` for the protocol as built, configuration and operations.
 
 pub mod config;
+pub mod front;
 pub mod logging;
 pub mod paths;
 pub mod record;

@@ -1,0 +1,444 @@
+//! The per-connection work: control connections (line processing) and data connections (splice).
+
+use super::line::{classify, rewrite_key, LineKind, LineSplitter};
+use super::proxy_header::{canonical, encode_v1};
+use super::reply::ReplyScanner;
+use super::throttle::{Admission, LoginThrottle, Outcome};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long the front waits for libunftp to accept a back-end connection.
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read size on the control channel; with `max_line` it bounds a connection's buffer.
+const CONTROL_READ: usize = 4096;
+/// How long a `PASS` waits for the result of the previous one on the same connection.
+const PASS_WAIT: Duration = Duration::from_secs(15);
+/// Time allowed for the front's own last words to a client that is being disconnected.
+const FAREWELL: Duration = Duration::from_secs(2);
+
+const REPLY_THROTTLED: &[u8] =
+    b"421 Too many failed logins from your address, try again later.\r\n";
+const REPLY_LINE_TOO_LONG: &[u8] = b"500 Command line too long.\r\n";
+const REPLY_LINE_TIMEOUT: &[u8] = b"421 Timed out waiting for the end of the command line.\r\n";
+const REPLY_UNAVAILABLE: &[u8] = b"421 Service not available, try again later.\r\n";
+const REPLY_NO_IPV6: &[u8] = b"421 IPv6 clients are not supported, connect over IPv4.\r\n";
+
+/// Settings one control connection needs.
+#[derive(Debug, Clone)]
+pub(super) struct ControlSettings {
+    pub backend_addr: SocketAddr,
+    pub max_line: usize,
+    pub line_timeout: Duration,
+    pub throttle: Arc<LoginThrottle>,
+}
+
+/// Why a control connection ended; logged, never shown to the client as such.
+#[derive(Debug)]
+enum Ending {
+    /// The server closed, or the client closed and the server then finished.
+    Closed,
+    LineTooLong,
+    LineTimeout,
+    Throttled,
+    /// A login attempt could not go ahead in time: an earlier PASS result never came.
+    PassStalled,
+    Io(io::Error),
+}
+
+/// State the two directions of one control connection share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// PASS lines forwarded whose 230/530 has not been seen yet. Only those two codes settle a
+    /// PASS: a stray reply can then never let a second guess overtake the first one's result.
+    pending_pass: AtomicU32,
+    /// An AUTH line was forwarded and its reply has not been seen yet.
+    pending_auth: AtomicBool,
+    /// The server accepted AUTH: from now on the channel is TLS and is relayed as raw bytes.
+    raw: AtomicBool,
+    /// This connection's address reached the failed-login limit: close after this reply.
+    blocked: AtomicBool,
+    /// Signalled whenever a PASS result has been seen.
+    pass_done: Notify,
+}
+
+/// Makes urgent (OOB) bytes part of the normal stream, as RFC 6093 recommends: Python's ftplib
+/// sends the newline of `ABOR` as urgent data, which would otherwise be dropped from the line.
+fn oob_inline(stream: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_out_of_band_inline(true) {
+        tracing::debug!(error = %e, "could not set SO_OOBINLINE");
+    }
+}
+
+/// Reads bytes that are already queued but that tokio will not report: with `SO_OOBINLINE` a
+/// read stops at the urgent mark and no new readiness event follows for the urgent byte itself.
+/// `Some(0)` is end of stream; `None` means nothing is queued.
+fn read_past_urgent_mark(stream: &TcpStream, buf: &mut [u8]) -> Option<usize> {
+    use std::io::Read;
+    let sock = socket2::SockRef::from(stream);
+    // The socket is non-blocking (tokio set it up), so this returns at once.
+    let mut reader: &socket2::Socket = &sock;
+    reader.read(buf).ok()
+}
+
+/// Opens the back-end connection and announces the real client with a PROXY header.
+async fn connect_backend(
+    backend: SocketAddr,
+    client: SocketAddr,
+    public: SocketAddr,
+) -> io::Result<TcpStream> {
+    let header =
+        encode_v1(client, public).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut stream = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(backend))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "back-end connect timed out"))??;
+    stream.set_nodelay(true)?;
+    stream.write_all(header.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Serves one client control connection until either side closes.
+pub(super) async fn control_connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    settings: ControlSettings,
+) {
+    let peer = canonical(peer);
+    let local = match client.local_addr() {
+        Ok(a) => canonical(a),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read local address of control connection");
+            return;
+        }
+    };
+    if peer.is_ipv6() || local.is_ipv6() {
+        // libunftp parses only TCP4 PROXY headers and PASV carries only IPv4.
+        tracing::info!("refusing IPv6 control connection");
+        farewell(&mut client, REPLY_NO_IPV6).await;
+        return;
+    }
+    if settings.throttle.is_blocked(peer.ip()) {
+        tracing::info!("refusing connection: too many failed logins");
+        farewell(&mut client, REPLY_THROTTLED).await;
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    oob_inline(&client);
+    let mut server = match connect_backend(settings.backend_addr, peer, local).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(backend = %settings.backend_addr, error = %e, "cannot reach the FTP back-end");
+            farewell(&mut client, REPLY_UNAVAILABLE).await;
+            return;
+        }
+    };
+    tracing::info!("control connection opened");
+
+    let shared = Shared::default();
+    let mut scanner = ReplyScanner::new();
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let ending = {
+        let up = client_to_server(&mut cr, &mut sw, &shared, &settings, peer);
+        let down = server_to_client(&mut sr, &mut cw, &mut scanner, &shared, &settings, peer);
+        tokio::pin!(up, down);
+        tokio::select! {
+            u = &mut up => match u {
+                // The client finished sending: let the server answer (e.g. QUIT) and close.
+                None => down.await,
+                Some(ending) => ending,
+            },
+            d = &mut down => d,
+        }
+    };
+    let message = match &ending {
+        Ending::LineTooLong => Some(REPLY_LINE_TOO_LONG),
+        Ending::LineTimeout => Some(REPLY_LINE_TIMEOUT),
+        Ending::Throttled => Some(REPLY_THROTTLED),
+        Ending::PassStalled => Some(REPLY_UNAVAILABLE),
+        Ending::Closed | Ending::Io(_) => None,
+    };
+    match &ending {
+        Ending::Closed => tracing::info!("control connection closed"),
+        Ending::Io(e) => tracing::info!(error = %e, "control connection ended"),
+        other => tracing::warn!(reason = ?other, "closing control connection"),
+    }
+    drop(server);
+    // Attempts whose result never came free their place in the throttle.
+    for _ in 0..shared.pending_pass.swap(0, Ordering::SeqCst) {
+        settings.throttle.settle(peer.ip(), Outcome::Unknown);
+    }
+    match message {
+        Some(message) if !shared.raw.load(Ordering::SeqCst) => {
+            let mut words = Vec::with_capacity(message.len() + 2);
+            if !scanner.at_line_start() {
+                words.extend_from_slice(b"\r\n");
+            }
+            words.extend_from_slice(message);
+            farewell(&mut client, &words).await;
+        }
+        _ => {
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// Sends the front's last reply and closes gently: unread client input would make the close a
+/// reset, which can destroy the reply before the client reads it. Bounded in time and memory.
+async fn farewell(client: &mut TcpStream, message: &[u8]) {
+    let _ = tokio::time::timeout(FAREWELL, async {
+        client.write_all(message).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while client.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}
+
+/// Client to server: splits lines, rewrites `KEY`, watches `PASS` and `AUTH`. Returns `None`
+/// when the client closed its side normally.
+async fn client_to_server<W>(
+    client: &mut ReadHalf<'_>,
+    server: &mut W,
+    shared: &Shared,
+    settings: &ControlSettings,
+    peer: SocketAddr,
+) -> Option<Ending>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut splitter = LineSplitter::new(settings.max_line);
+    let mut buf = vec![0u8; CONTROL_READ];
+    // When the current unfinished line began: the whole line must arrive within `line_timeout`.
+    let mut partial_since: Option<Instant> = None;
+    let mut queued: Option<usize> = None;
+    loop {
+        let read = match (queued.take(), partial_since) {
+            (Some(n), _) => Ok(n),
+            (None, Some(since)) => {
+                match tokio::time::timeout_at(since + settings.line_timeout, client.read(&mut buf))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return Some(Ending::LineTimeout),
+                }
+            }
+            (None, None) => client.read(&mut buf).await,
+        };
+        let n = match read {
+            Ok(0) => {
+                let _ = server.shutdown().await;
+                return None;
+            }
+            Ok(n) => n,
+            Err(e) => return Some(Ending::Io(e)),
+        };
+        let data = &buf[..n];
+        // `raw` is set before the 234 reaches the client, so TLS bytes are never split as lines.
+        if shared.raw.load(Ordering::SeqCst) {
+            let mut out = splitter.take_rest();
+            out.extend_from_slice(data);
+            if let Err(e) = server.write_all(&out).await {
+                return Some(Ending::Io(e));
+            }
+            partial_since = None;
+            continue;
+        }
+        splitter.push(data);
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let line = match splitter.next_line() {
+                Ok(Some(line)) => {
+                    partial_since = None;
+                    line
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Whole lines before the long one still go through, in order.
+                    let _ = server.write_all(&out).await;
+                    return Some(Ending::LineTooLong);
+                }
+            };
+            match classify(&line) {
+                LineKind::Key => {
+                    if let Some(rewritten) = rewrite_key(&line) {
+                        tracing::debug!("bare KEY rewritten to SITE KEY");
+                        out.extend_from_slice(&rewritten);
+                    }
+                }
+                LineKind::Pass => {
+                    if shared.pending_pass.load(Ordering::SeqCst) > 0 {
+                        // One login attempt at a time, so pipelined guesses are all counted
+                        // before the next one is let through.
+                        if let Err(e) = server.write_all(&out).await {
+                            return Some(Ending::Io(e));
+                        }
+                        out.clear();
+                        if !wait_for_pass_result(shared).await {
+                            return Some(Ending::PassStalled);
+                        }
+                    }
+                    if let Err(e) = server.write_all(&out).await {
+                        return Some(Ending::Io(e));
+                    }
+                    out.clear();
+                    if let Some(ending) = admit_login(&settings.throttle, peer).await {
+                        return Some(ending);
+                    }
+                    shared.pending_pass.fetch_add(1, Ordering::SeqCst);
+                    out.extend_from_slice(&line);
+                }
+                LineKind::Auth => {
+                    shared.pending_auth.store(true, Ordering::SeqCst);
+                    out.extend_from_slice(&line);
+                }
+                LineKind::Other => out.extend_from_slice(&line),
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = server.write_all(&out).await {
+                return Some(Ending::Io(e));
+            }
+        }
+        partial_since = match splitter.has_partial() {
+            true => Some(partial_since.unwrap_or_else(Instant::now)),
+            false => None,
+        };
+        if splitter.has_partial() {
+            queued = read_past_urgent_mark(client.as_ref(), &mut buf);
+        }
+    }
+}
+
+/// Asks the throttle to let a login attempt through, waiting while too many from the same
+/// address are undecided. `None` means go ahead.
+async fn admit_login(throttle: &LoginThrottle, peer: SocketAddr) -> Option<Ending> {
+    let deadline = Instant::now() + PASS_WAIT;
+    loop {
+        match throttle.admit(peer.ip()) {
+            Admission::Go => return None,
+            Admission::Blocked => return Some(Ending::Throttled),
+            Admission::Wait if Instant::now() >= deadline => return Some(Ending::PassStalled),
+            Admission::Wait => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until no PASS result is outstanding; `false` if that takes longer than [`PASS_WAIT`].
+async fn wait_for_pass_result(shared: &Shared) -> bool {
+    let deadline = Instant::now() + PASS_WAIT;
+    loop {
+        let notified = shared.pass_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.pending_pass.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Server to client: forwards replies unchanged, noting login results and a TLS upgrade.
+async fn server_to_client<R, W>(
+    server: &mut R,
+    client: &mut W,
+    scanner: &mut ReplyScanner,
+    shared: &Shared,
+    settings: &ControlSettings,
+    peer: SocketAddr,
+) -> Ending
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CONTROL_READ];
+    loop {
+        let n = match server.read(&mut buf).await {
+            Ok(0) => return Ending::Closed,
+            Ok(n) => n,
+            Err(e) => return Ending::Io(e),
+        };
+        let data = &buf[..n];
+        if !shared.raw.load(Ordering::SeqCst) {
+            scanner.feed(data, |code| on_reply(code, shared, settings, peer));
+        }
+        if let Err(e) = client.write_all(data).await {
+            return Ending::Io(e);
+        }
+        if shared.blocked.load(Ordering::SeqCst) {
+            return Ending::Throttled;
+        }
+    }
+}
+
+/// Acts on one final reply code; returns `false` once the channel turns into TLS.
+fn on_reply(code: u16, shared: &Shared, settings: &ControlSettings, peer: SocketAddr) -> bool {
+    let take_pass = || {
+        shared
+            .pending_pass
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    match code {
+        230 if take_pass() => {
+            tracing::info!("login succeeded");
+            settings.throttle.settle(peer.ip(), Outcome::Success);
+            shared.pass_done.notify_waiters();
+        }
+        530 if take_pass() => {
+            if settings.throttle.settle(peer.ip(), Outcome::Failure) {
+                tracing::warn!("login failed; too many failures, address blocked");
+                shared.blocked.store(true, Ordering::SeqCst);
+            } else {
+                tracing::info!("login failed");
+            }
+            shared.pass_done.notify_waiters();
+        }
+        234 if shared.pending_auth.swap(false, Ordering::SeqCst) => {
+            tracing::info!("control channel upgraded to TLS; relaying raw bytes from now on");
+            shared.raw.store(true, Ordering::SeqCst);
+            return false;
+        }
+        _ => {}
+    }
+    true
+}
+
+/// Splices one passive data connection to the back-end, announcing the passive port so that
+/// libunftp's switchboard finds the session that asked for it.
+pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, backend: SocketAddr) {
+    let peer = canonical(peer);
+    let local = match client.local_addr() {
+        Ok(a) => canonical(a),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read local address of data connection");
+            return;
+        }
+    };
+    if peer.is_ipv6() || local.is_ipv6() {
+        tracing::info!("refusing IPv6 data connection");
+        return;
+    }
+    let mut server = match connect_backend(backend, peer, local).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(backend = %backend, error = %e, "cannot reach the FTP back-end for data");
+            return;
+        }
+    };
+    // copy_bidirectional uses one fixed buffer per direction and forwards half-closes.
+    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "data connection done"),
+        Err(e) => tracing::debug!(error = %e, "data connection ended"),
+    }
+}
