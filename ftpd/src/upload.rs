@@ -362,9 +362,19 @@ fn open_for_upload(
 ) -> Result<Opened, UploadError> {
     let rel = paths::relative(path);
     let mut oo = OpenOptions::new();
-    oo.read(true).write(true).create(true);
+    // REST n onto a missing file is refused below; it must not leave an empty file behind.
+    oo.read(true).write(true).create(start_pos == 0);
     let existed = root.symlink_metadata(rel).is_ok();
-    let file = root.open_with(rel, &oo)?.into_std();
+    let file = match root.open_with(rel, &oo) {
+        Ok(f) => f.into_std(),
+        Err(e) if start_pos > 0 && e.kind() == io::ErrorKind::NotFound => {
+            return Err(UploadError::RestBeyondEnd {
+                rest: start_pos,
+                size: 0,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(UploadError::NotAFile);
