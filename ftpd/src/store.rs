@@ -5,7 +5,8 @@
 //! crash-safe and fsynced). Records live outside every user's root, so FTP cannot see them.
 
 use crate::record::Record;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::backends::FileBackend;
+use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 use std::path::Path;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -48,6 +49,30 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError>;
 }
 
+/// The database file with every sync skipped (durability "none"). redb's `Eventual` commits
+/// still call fdatasync on Linux, and its `None` commits are lost when the process dies; this
+/// keeps `Eventual` commits, which reach the page cache and survive a crash of the process.
+#[derive(Debug)]
+struct NoSync(FileBackend);
+
+impl StorageBackend for NoSync {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.0.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self, _eventual: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+}
+
 /// Key layout: `user NUL path`, so one user's records are one contiguous range.
 fn key(user: &str, path: &str) -> String {
     format!("{user}\0{path}")
@@ -63,7 +88,19 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) `state_dir/records.redb`. With `durable` false, commits skip fsync.
     pub fn open(state_dir: &Path, durable: bool) -> Result<Self, StoreError> {
-        let db = Database::create(state_dir.join("records.redb"))?;
+        let path = state_dir.join("records.redb");
+        let db = if durable {
+            Database::create(path)?
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| StoreError::Db(e.into()))?;
+            Database::builder().create_with_backend(NoSync(FileBackend::new(file)?))?
+        };
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
         txn.commit()?;
