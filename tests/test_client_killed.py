@@ -1,0 +1,125 @@
+"""A real client process killed in the middle of an upload, then the upload resumed: the
+server keeps the declared KEY and the bytes it stored, and the resumed file is byte-identical
+and verified."""
+
+import io
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import USERS, crc32, info, key
+
+MiB = 1 << 20
+
+
+def wait_for_disk_size(path, at_least: int, proc: subprocess.Popen, timeout: float = 20) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        size = path.stat().st_size if path.exists() else 0
+        if size >= at_least:
+            return size
+        assert proc.poll() is None, f"client ended early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {at_least} bytes")
+
+
+def wait_for_log(srv, text: str, timeout: float = 10) -> None:
+    deadline = time.time() + timeout
+    while text not in srv.log():
+        assert time.time() < deadline, f"{text!r} not logged:\n{srv.log()}"
+        time.sleep(0.05)
+
+
+def test_curl_killed_mid_upload_then_resumed_with_curl(ftpd, tmp_path):
+    data = random.Random(20).randbytes(8 * MiB)
+    local = tmp_path / "rec.ts"
+    local.write_bytes(data)
+    remote = ftpd.file("alice", "rec.ts")
+
+    first = subprocess.Popen(
+        ["curl", "-sS", "--limit-rate", "2M", "-Q", f"SITE KEY {key(crc32(data))}", "-T", str(local), ftpd.url("alice", "rec.ts")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1)
+    wait_for_disk_size(remote, MiB, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    wait_for_log(ftpd, "path=/rec.ts")  # the server has seen the end and recorded it
+
+    stored = remote.read_bytes()
+    assert MiB <= len(stored) < len(data) and stored == data[: len(stored)]
+    f = ftpd.ftp()
+    i = info(f, "rec.ts")
+    assert (i["size"], i["received-crc"], i["declared"]) == (str(len(stored)), key(crc32(stored)), key(crc32(data)))
+    assert i["state"] != "verified"
+    f.quit()
+
+    # curl -C - asks SIZE and sends the rest with APPE; it declares nothing this time.
+    second = subprocess.run(
+        ["curl", "-sS", "-C", "-", "-T", str(local), ftpd.url("alice", "rec.ts")], capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 0, second.stderr
+    assert remote.read_bytes() == data
+    f = ftpd.ftp()
+    i = info(f, "rec.ts")
+    assert (i["state"], i["declared"], i["size"]) == ("verified", key(crc32(data)), str(len(data)))
+    assert f.sendcmd("SITE KEY NULL rec.ts") == f"230 {key(crc32(data))}"
+    f.quit()
+
+
+SLOW_CLIENT = textwrap.dedent(
+    """
+    import ftplib, sys, time
+    port, password, path, crc, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+    data = open(path, "rb").read()
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", int(port), timeout=30)
+    f.login("alice", password)
+    f.sendcmd("SITE KEY " + crc)
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOR rec.ts")
+    t0, sent = time.monotonic(), 0
+    while sent < len(data):
+        conn.sendall(data[sent : sent + 65536])
+        sent += 65536
+        time.sleep(max(0.0, sent / rate - (time.monotonic() - t0)))
+    conn.close()
+    print(f.voidresp())
+    """
+)
+
+
+def test_python_client_killed_mid_upload_then_resumed_with_rest_and_stor(ftpd, tmp_path):
+    data = random.Random(21).randbytes(10 * MiB)
+    local = tmp_path / "rec.ts"
+    local.write_bytes(data)
+    remote = ftpd.file("alice", "rec.ts")
+
+    client = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLIENT, str(ftpd.port), USERS["alice"], str(local), key(crc32(data)), str(3 * MiB)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_disk_size(remote, 2 * MiB, client)
+    client.kill()
+    client.wait(10)
+    wait_for_log(ftpd, "path=/rec.ts")
+
+    # The box comes back: same name exists -> its KEY is ours -> its bytes are our prefix -> resume.
+    f = ftpd.ftp()
+    size = int(f.sendcmd("SIZE rec.ts").split()[1])
+    assert 2 * MiB <= size < len(data)
+    assert f.sendcmd("SITE KEY NULL") == f"230 {key(crc32(data))}"
+    i = info(f, "rec.ts")
+    assert (i["size"], i["received-crc"]) == (str(size), key(crc32(data[:size])))
+    f.voidcmd("TYPE I")
+    assert f.storbinary("STOR rec.ts", io.BytesIO(data[size:]), rest=size).startswith("226")
+    i = info(f, "rec.ts")
+    assert (i["state"], i["declared"], i["received-crc"]) == ("verified", key(crc32(data)), key(crc32(data)))
+    f.quit()
+    assert remote.read_bytes() == data

@@ -1,0 +1,131 @@
+"""One writer per file, with takeover: a session that resumes a file still held by a stalled
+transfer makes the old one stop and record what it has, and proceeds within the takeover wait;
+two live sessions never interleave bytes in one file."""
+
+import ftplib
+import io
+import random
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import crc32, info, key
+
+MiB = 1 << 20
+
+
+def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        size = path.stat().st_size if path.exists() else 0
+        if size >= at_least:
+            return size
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {at_least} bytes")
+
+
+def test_a_reconnected_session_takes_over_a_stalled_upload(ftpd_factory):
+    takeover_wait = 8
+    srv = ftpd_factory(takeover_wait=takeover_wait)
+    data = random.Random(30).randbytes(8 * MiB)
+    sent_by_a = 2 * MiB + MiB // 2
+    remote = srv.file("alice", "rec.ts")
+
+    # Session A: declares, sends 2.5 MiB, then stalls with its data connection open.
+    a = srv.ftp()
+    a.sendcmd(f"SITE KEY {key(crc32(data))}")
+    a.voidcmd("TYPE I")
+    a_data = a.transfercmd("STOR rec.ts")
+    a_data.sendall(data[:sent_by_a])
+    wait_for_disk_size(remote, 2 * MiB)
+
+    # Session B: the box after it reconnected, following the seed dialogue.
+    b = srv.ftp()
+    size = int(b.sendcmd("SIZE rec.ts").split()[1])
+    assert 0 < size <= sent_by_a
+    assert b.sendcmd("SITE KEY NULL") == f"230 {key(crc32(data))}"
+    i = info(b, "rec.ts")
+    assert i["received-crc"] == key(crc32(data[: int(i["size"])]))
+    b.voidcmd("TYPE I")
+    t0 = time.monotonic()
+    reply = b.storbinary("STOR rec.ts", io.BytesIO(data[size:]), blocksize=MiB, rest=size)
+    took = time.monotonic() - t0
+    assert reply.startswith("226"), reply
+    assert took < takeover_wait / 2, f"the newcomer waited {took:.1f}s: the stalled writer did not let go"
+
+    # A is told its transfer failed; it had stored and recorded everything it sent.
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        a.getresp()
+    a_data.close()
+    stopped = re.search(r"upload stopped \(taken over.*path=/rec.ts size=(\d+)", srv.log())
+    assert stopped and int(stopped.group(1)) == sent_by_a, srv.log()
+
+    assert remote.read_bytes() == data
+    i = info(b, "rec.ts")
+    assert (i["state"], i["size"], i["received-crc"], i["declared"]) == (
+        "verified",
+        str(len(data)),
+        key(crc32(data)),
+        key(crc32(data)),
+    )
+    b.quit()
+    a.close()
+
+
+def upload(srv, name: str, data: bytes, rate: float, start: threading.Barrier, delay: float, out: dict) -> None:
+    f = srv.ftp()
+    try:
+        f.sendcmd(f"SITE KEY {key(crc32(data))}")
+        f.voidcmd("TYPE I")
+        start.wait(10)
+        time.sleep(delay)
+        conn = f.transfercmd(f"STOR {name}")
+        t0, sent = time.monotonic(), 0
+        try:
+            while sent < len(data):
+                conn.sendall(data[sent : sent + 65536])
+                sent += 65536
+                time.sleep(max(0.0, sent / rate - (time.monotonic() - t0)))
+        except OSError:
+            pass  # the server stopped reading: this transfer was taken over
+        conn.close()
+        try:
+            out["reply"] = f.voidresp()
+        except ftplib.Error as e:
+            out["reply"] = str(e)
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("round", range(3))
+def test_two_sessions_uploading_one_name_at_once_never_mix(ftpd, round):
+    rnd = random.Random(31 + round)
+    inputs = [rnd.randbytes(6 * MiB), rnd.randbytes(4 * MiB + 4321)]
+    results = [{}, {}]
+    start = threading.Barrier(2)
+    threads = [
+        threading.Thread(target=upload, args=(ftpd, "same.ts", inputs[n], 6 * MiB, start, rnd.random() * 0.3, results[n]))
+        for n in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    replies = [r.get("reply", "") for r in results]
+
+    final = ftpd.file("alice", "same.ts").read_bytes()
+    assert final in inputs, "the file is a mix of the two uploads"
+    winner = inputs.index(final)
+    assert replies[winner].startswith("226"), replies
+    assert replies[1 - winner].startswith("426"), replies  # the overlap made one take the other over
+    f = ftpd.ftp()
+    i = info(f, "same.ts")
+    assert (i["state"], i["size"], i["received-crc"], i["declared"]) == (
+        "verified",
+        str(len(final)),
+        key(crc32(final)),
+        key(crc32(final)),
+    )
+    f.quit()
