@@ -11,7 +11,7 @@ use cap_std::fs::{Dir, OpenOptions};
 use crc_tools::{Crc32, KeyValue, State};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
@@ -218,8 +218,8 @@ where
             let buf = std::mem::replace(&mut next, std::mem::take(&mut spare));
             let f = file.try_clone()?;
             let handle = tokio::task::spawn_blocking({
-                let c = crc.clone();
-                move || write_chunk(f, buf, filled, c, checkpoint)
+                let (c, progress) = (crc.clone(), lock.progress.clone());
+                move || write_chunk(f, buf, filled, c, checkpoint, &progress)
             });
             if end.is_none() {
                 in_flight = Some(handle);
@@ -315,14 +315,16 @@ async fn collect(h: tokio::task::JoinHandle<WriteDone>) -> WriteDone {
     }
 }
 
-/// Writes one buffer, then counts it; on a failed write the file is cut back to the counted
-/// length, so the record never claims bytes that are not in the file.
+/// Writes one buffer, then counts it and publishes the count (a sender that goes quiet after
+/// this buffer must not leave queries one buffer behind the file); on a failed write the file
+/// is cut back to the counted length, so the record never claims bytes that are not in the file.
 fn write_chunk(
     mut file: std::fs::File,
     buf: Vec<u8>,
     len: usize,
     mut crc: Crc32,
     checkpoint: Option<Checkpoint>,
+    progress: &Mutex<Progress>,
 ) -> WriteDone {
     let result = (|| {
         if let Err(e) = file.write_all(&buf[..len]) {
@@ -330,6 +332,10 @@ fn write_chunk(
             return Err(UploadError::Io(e));
         }
         crc.update(&buf[..len]);
+        *progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
+            size: crc.len(),
+            crc: crc.value(),
+        };
         if let Some((store, user, path, declared, fsync)) = checkpoint {
             if fsync {
                 file.sync_data()?;
