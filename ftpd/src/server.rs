@@ -32,6 +32,13 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("server: {0}")]
     Server(#[from] libunftp::ServerError),
+    #[error("front: {0}")]
+    Front(#[from] crate::front::FrontError),
+    #[error("cannot reserve the internal address {addr}: {source}")]
+    Internal {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn make_dir(what: &'static str, path: &Path) -> Result<(), ServeError> {
@@ -72,7 +79,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         let (store, root) = (store.clone(), s.root.clone());
         tokio::task::spawn_blocking(move || crate::recovery::recover(store.as_ref(), &root))
             .await
-            .map_err(|e| StoreError::Db(redb::Error::Io(std::io::Error::other(e))))??
+            .map_err(|e| StoreError::from(redb::Error::Io(std::io::Error::other(e))))??
     };
     if report.reconciled + report.removed > 0 {
         tracing::info!(
@@ -112,13 +119,27 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         let _ = stop_rx.await;
         Shutdown::new().grace_period(Duration::from_secs(2))
     });
-    if s.failed_logins_max > 0 {
-        builder = builder.failed_logins_policy(FailedLoginsPolicy::new(
-            s.failed_logins_max,
-            s.failed_logins_window,
-            FailedLoginsBlock::UserAndIP,
-        ));
-    }
+    // With the front, libunftp listens on loopback in PROXY mode and the front owns the public
+    // port, the passive ports and per-address login throttling (libunftp would see every client
+    // as the loopback address, so its own policy would let one attacker lock everyone out).
+    let front = if s.front {
+        let backend = reserve_loopback(s.internal_listen)?;
+        let mut cfg = crate::front::FrontConfig::new(s.listen, s.passive_ports.clone(), backend);
+        cfg.login_failures = s.failed_logins_max;
+        cfg.login_window = s.failed_logins_window;
+        let front = crate::front::Front::bind(cfg).await?;
+        builder = builder.proxy_protocol_mode(front.local_addr().port());
+        Some((front, backend))
+    } else {
+        if s.failed_logins_max > 0 {
+            builder = builder.failed_logins_policy(FailedLoginsPolicy::new(
+                s.failed_logins_max,
+                s.failed_logins_window,
+                FailedLoginsBlock::UserAndIP,
+            ));
+        }
+        None
+    };
     if let Some(ip) = s.passive_host {
         builder = builder.passive_host(ip);
     }
@@ -127,9 +148,30 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     }
     let server = builder.build()?;
 
+    let (front_stop_tx, front_stop_rx) = oneshot::channel::<()>();
+    let (listen_addr, front_task) = match front {
+        Some((front, backend)) => {
+            tracing::info!(listen = %front.local_addr(), internal = %backend, "front for bare KEY enabled");
+            let task = tokio::spawn(front.run(async move {
+                let _ = front_stop_rx.await;
+            }));
+            (backend, Some(task))
+        }
+        None => (s.listen, None),
+    };
     tracing::info!(listen = %s.listen, passive_ports = ?s.passive_ports, root = %s.root.display(), "ftpd starting");
-    let listen = tokio::spawn(server.listen(s.listen.to_string()));
+    let listen = tokio::spawn(server.listen(listen_addr.to_string()));
     tokio::pin!(listen);
+    let front_failed = async {
+        match front_task {
+            Some(t) => match t.await {
+                Ok(Ok(())) => std::future::pending().await,
+                Ok(Err(e)) => e.into(),
+                Err(e) => ServeError::Server(libunftp::ServerError::from(std::io::Error::other(e))),
+            },
+            None => std::future::pending().await,
+        }
+    };
 
     tokio::select! {
         r = &mut listen => {
@@ -138,11 +180,13 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
                 Err(e) => Err(ServeError::Server(libunftp::ServerError::from(std::io::Error::other(e)))),
             };
         }
+        e = front_failed => return Err(e),
         _ = shutdown_signal() => {}
     }
+    let _ = front_stop_tx.send(());
 
-    // Drain: refuse nothing new at the FTP level yet, but give running uploads the grace
-    // period to finish; then ask the rest to stop and record what they stored.
+    // Drain: the front (when on) accepts no new connections from here; running uploads get
+    // the grace period to finish, then the rest are asked to stop and record what they stored.
     tracing::info!(uploads = shared.writers.active(), grace = ?s.shutdown_grace, "shutting down");
     let deadline = tokio::time::Instant::now() + s.shutdown_grace;
     while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
@@ -157,6 +201,13 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
     tracing::info!(left = shared.writers.active(), "ftpd stopped");
     Ok(())
+}
+
+/// A free port on the loopback address `addr` (port 0: any), for libunftp behind the front.
+fn reserve_loopback(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, ServeError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .map_err(|source| ServeError::Internal { addr, source })
 }
 
 /// SIGTERM or SIGINT.

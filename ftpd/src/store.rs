@@ -14,8 +14,9 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// A store failure (I/O, corruption); the FTP reply to it is a local error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Boxed: redb's error is large, and this travels through every storage call.
     #[error("checksum store: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     #[error(transparent)]
     Decode(#[from] crate::record::DecodeError),
 }
@@ -23,11 +24,12 @@ pub enum StoreError {
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+            fn from(e: $t) -> Self { StoreError::Db(Box::new(e.into())) }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -98,7 +100,7 @@ impl RedbStore {
                 .create(true)
                 .truncate(false)
                 .open(path)
-                .map_err(|e| StoreError::Db(e.into()))?;
+                .map_err(|e| StoreError::Db(Box::new(e.into())))?;
             Database::builder().create_with_backend(NoSync(FileBackend::new(file)?))?
         };
         let txn = db.begin_write()?;

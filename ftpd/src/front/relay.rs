@@ -436,9 +436,28 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
             return;
         }
     };
-    // copy_bidirectional uses one fixed buffer per direction and forwards half-closes.
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+    // One fixed buffer per direction (large enough for full-speed uploads); half-closes are
+    // forwarded, so a clean end stays a clean end.
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut server,
+        DATA_BUFFER,
+        DATA_BUFFER,
+    )
+    .await
+    {
         Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "data connection done"),
-        Err(e) => tracing::debug!(error = %e, "data connection ended"),
+        Err(e) => {
+            // A connection that broke must not look finished to the other side: a reset link
+            // would otherwise reach libunftp as a clean end of the upload. Reset both.
+            tracing::debug!(error = %e, "data connection broke; resetting both sides");
+            #[allow(deprecated)]
+            for s in [&client, &server] {
+                let _ = s.set_linger(Some(std::time::Duration::ZERO));
+            }
+        }
     }
 }
+
+/// Bytes buffered per direction of a data connection.
+const DATA_BUFFER: usize = 256 * 1024;
