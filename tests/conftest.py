@@ -92,6 +92,10 @@ class Ftpd:
             }
         )
         self.env.update({f"FTPD_{k.upper()}": str(v) for k, v in settings.items()})
+        # A test may choose the listen address (another interface, a wildcard).
+        host, _, port = self.env["FTPD_LISTEN"].rpartition(":")
+        self.host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host.strip("[]")
+        self.port = int(port)
         self.proc: subprocess.Popen | None = None
         self.log_path = base / "ftpd.log"
         self.out_path = base / "ftpd.out"
@@ -114,7 +118,7 @@ class Ftpd:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ftpd exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.recv(100)
                 return self
             except OSError:
@@ -151,7 +155,7 @@ class Ftpd:
 
     def ftp(self, user: str = "alice", timeout: float = 30) -> ftplib.FTP:
         f = ftplib.FTP()
-        f.connect("127.0.0.1", self.port, timeout=timeout)
+        f.connect(self.host, self.port, timeout=timeout)
         f.login(user, USERS[user])
         return f
 
