@@ -109,9 +109,10 @@ impl Settings {
             }
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
+        // FTPD_CONFIG names the file (the `--config` option), it is not a setting.
         let env: config::Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("FTPD_"))
+            .filter(|(k, _)| k.starts_with("FTPD_") && k != "FTPD_CONFIG")
             .collect();
         b = b.add_source(
             config::Environment::with_prefix("FTPD")
@@ -344,5 +345,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+        // the variable that names the file is not taken for a setting
+        std::fs::write(&f, "anonymous = true\n").unwrap();
+        let s = Settings::load_from(Some(&f), env(&[("FTPD_CONFIG", "f.toml")])).unwrap();
+        assert!(s.anonymous);
     }
 }
