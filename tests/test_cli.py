@@ -1,0 +1,289 @@
+"""The `ftpd` command line (accounts, first start, settings), login policy, and `crc-tools`."""
+
+import ftplib
+import io
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import FTPD, Ftpd, crc32, key, pattern
+
+CRC_TOOLS = FTPD.parent / "crc-tools"
+
+
+def login(srv: Ftpd, user: str, password: str) -> str:
+    """The reply to PASS (or the error it raised)."""
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", srv.port, timeout=30)
+    try:
+        return f.login(user, password)
+    except ftplib.Error as e:
+        return str(e)
+    finally:
+        f.close()
+
+
+def add_user(srv: Ftpd, name: str, password: str) -> subprocess.CompletedProcess:
+    return srv.cli(
+        "user", "add", "--password-stdin", "--iterations", "1000", "--", name, input=password + "\n", check=False
+    )
+
+
+def one_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# -- accounts ----------------------------------------------------------------------------------
+
+
+def test_user_add_then_login_without_restart(ftpd):
+    assert login(ftpd, "carol", "carol pw").startswith("530")
+    r = add_user(ftpd, "carol", "carol pw")
+    assert r.returncode == 0, r.stderr
+    assert "carol" in r.stdout and r.stderr == ""
+    assert "carol pw" not in ftpd.users_file.read_text()  # stored hashed
+    assert login(ftpd, "carol", "carol pw").startswith("230")
+    assert login(ftpd, "carol", "wrong").startswith("530")
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", ftpd.port, timeout=30)
+    f.login("carol", "carol pw")
+    f.storbinary("STOR c.txt", io.BytesIO(b"carol\n"))
+    assert ftpd.file("carol", "c.txt").read_bytes() == b"carol\n"
+    f.quit()
+
+
+def test_duplicate_add_fails_with_one_clear_line(ftpd):
+    before = ftpd.users_file.read_text()
+    r = add_user(ftpd, "alice", "another")
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert "alice" in line and "exists" in line, line
+    assert ftpd.users_file.read_text() == before
+    assert login(ftpd, "alice", "alice-pw").startswith("230")
+    assert login(ftpd, "alice", "another").startswith("530")
+
+
+def test_user_list_and_del(ftpd):
+    r = ftpd.cli("user", "list")
+    assert r.stdout.split() == ["alice", "bob"]
+    assert add_user(ftpd, "dave", "dave-pw").returncode == 0
+    assert ftpd.cli("user", "list").stdout.split() == ["alice", "bob", "dave"]
+    assert login(ftpd, "bob", "bob-pw").startswith("230")
+    r = ftpd.cli("user", "del", "bob")
+    assert r.returncode == 0, r.stderr
+    assert ftpd.cli("user", "list").stdout.split() == ["alice", "dave"]
+    assert login(ftpd, "bob", "bob-pw").startswith("530")
+    assert login(ftpd, "alice", "alice-pw").startswith("230")
+    r = ftpd.cli("user", "del", "bob", check=False)
+    assert r.returncode != 0 and "bob" in one_line(r.stderr)
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "-dash", "a/b", "../x", "a b", "x" * 65, "caf\u00e9", "tab\tname", "a\\b"]
+)
+def test_bad_user_names_are_rejected(ftpd, name):
+    before = ftpd.users_file.read_text()
+    r = add_user(ftpd, name, "pw")
+    assert r.returncode != 0
+    assert "invalid user name" in one_line(r.stderr)
+    assert ftpd.users_file.read_text() == before
+
+
+def test_empty_password_and_password_on_the_command_line_are_refused(ftpd):
+    r = add_user(ftpd, "erin", "")
+    assert r.returncode != 0 and "password" in one_line(r.stderr)
+    r = ftpd.cli("user", "add", "erin", check=False, input="pw\n")  # no --password-stdin
+    assert r.returncode != 0
+    assert "erin" not in ftpd.cli("user", "list").stdout
+
+
+def test_first_start_creates_an_account_and_prints_its_password_once(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    srv.users_file.write_text("")  # no accounts at all
+    srv.env["FTPD_INITIAL_USER"] = "box"
+    try:
+        srv.start()
+        out = srv.out_path.read_text()
+        m = re.search(r"created user 'box' with password '([^']+)'", out)
+        assert m, out
+        password = m.group(1)
+        assert len(password) >= 12
+        assert one_line(out)
+        assert password not in srv.log()  # standard error (the log) never shows it
+        assert login(srv, "box", password).startswith("230")
+        assert login(srv, "box", password + "x").startswith("530")
+        assert password not in srv.users_file.read_text()
+        srv.restart()
+        assert srv.out_path.read_text() == out  # not again
+        assert login(srv, "box", password).startswith("230")
+        assert srv.cli("user", "list").stdout.split() == ["box"]
+    finally:
+        srv.stop()
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting, value, name",
+    [
+        ("FTPD_PASSIVE_PORTS", "9-1", "passive_ports"),
+        ("FTPD_PASSIVE_PORTS", "50000", "passive_ports"),
+        ("FTPD_LISTEN", "nowhere", "listen"),
+        ("FTPD_LOG_FORMAT", "xml", "log_format"),
+        ("FTPD_DURABILITY", "sometimes", "durability"),
+        ("FTPD_ANONYMOUS", "maybe", "anonymous"),
+        ("FTPD_IDLE_TIMEOUT", "0", "idle_timeout"),
+        ("FTPD_UPLOAD_BUFFER_KIB", "1", "upload_buffer_kib"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_line_naming_them(tmp_path, setting, value, name):
+    srv = Ftpd(tmp_path / "srv")
+    srv.env[setting] = value
+    r = subprocess.run([str(FTPD), "serve"], env=srv.env, capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0
+    line = one_line(r.stderr)
+    assert name in line, line
+    assert r.stdout == ""
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+
+
+def test_unknown_key_in_a_config_file_stops_start_up(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    conf = tmp_path / "ftpd.toml"
+    conf.write_text('lisen = "127.0.0.1:2121"\n')
+    r = subprocess.run(
+        [str(FTPD), "serve", "--config", str(conf)], env=srv.env, capture_output=True, text=True, timeout=20
+    )
+    assert r.returncode != 0
+    assert "lisen" in one_line(r.stderr)
+    r = subprocess.run(
+        [str(FTPD), "serve", "--config", str(tmp_path / "missing.toml")],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert r.returncode != 0
+    assert "missing.toml" in one_line(r.stderr)
+
+
+def test_a_good_config_file_is_used(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    conf = tmp_path / "ftpd.toml"
+    conf.write_text("anonymous = true\n")
+    srv.env["FTPD_CONFIG"] = str(conf)
+    srv.start()
+    try:
+        assert login(srv, "anonymous", "box@example.com").startswith("230")
+    finally:
+        srv.stop()
+
+
+def test_defaults_print_the_shipped_configuration():
+    r = subprocess.run([str(FTPD), "defaults"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0
+    shipped = (FTPD.parent.parent.parent / "conf" / "ftpd.toml").read_text()
+    assert r.stdout == shipped
+
+
+# -- login policy ------------------------------------------------------------------------------
+
+
+def test_anonymous_is_refused_by_default(ftpd):
+    for user in ("anonymous", "ftp"):
+        assert login(ftpd, user, "guest@example.com").startswith("530")
+
+
+def test_anonymous_allowed_when_configured(ftpd_factory):
+    srv = ftpd_factory(anonymous="true")
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", srv.port, timeout=30)
+    assert f.login("anonymous", "guest@example.com").startswith("230")
+    data = pattern(10_000, seed=81)
+    f.sendcmd(f"SITE KEY {key(crc32(data))}")
+    f.storbinary("STOR anon.ts", io.BytesIO(data))
+    assert (srv.root / "anonymous" / "anon.ts").read_bytes() == data
+    assert f.sendcmd("SITE KEY NULL anon.ts") == f"230 {key(crc32(data))}"
+    f.quit()
+    # named accounts still need their password
+    assert login(srv, "alice", "wrong").startswith("530")
+    assert login(srv, "alice", "alice-pw").startswith("230")
+
+
+def test_repeated_failed_logins_lock_that_user_from_that_address(ftpd_factory):
+    srv = ftpd_factory(failed_logins_max=3, failed_logins_window=4)
+    for _ in range(2):
+        assert login(srv, "alice", "wrong").startswith("530")
+    assert login(srv, "alice", "alice-pw").startswith("230")  # below the limit
+    for _ in range(3):
+        assert login(srv, "alice", "wrong").startswith("530")
+    # now even the right password is refused for alice from this address ...
+    assert login(srv, "alice", "alice-pw").startswith("530")
+    # ... but not for another user
+    assert login(srv, "bob", "bob-pw").startswith("230")
+    # and the lock ends once the window passes without failures
+    time.sleep(4.5)
+    assert login(srv, "alice", "alice-pw").startswith("230")
+
+
+def test_default_policy_locks_after_five_failures(ftpd):
+    for _ in range(5):
+        assert login(ftpd, "alice", "wrong").startswith("530")
+    assert login(ftpd, "alice", "alice-pw").startswith("530")
+    assert login(ftpd, "bob", "bob-pw").startswith("230")
+    assert "locked" in ftpd.log().lower()
+
+
+# -- crc-tools ---------------------------------------------------------------------------------
+
+
+def crc_tools(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CRC_TOOLS), *args], input=input, capture_output=True, timeout=20)
+
+
+def test_crc_tools_sum_files_and_stdin(tmp_path):
+    data = pattern(3_000_000, seed=82)
+    p = tmp_path / "rec one.ts"
+    p.write_bytes(data)
+    r = crc_tools("sum", str(p), "-", input=b"123456789")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"{key(crc32(data))}  {p}", "0xCBF43926  -"]
+    r = crc_tools("sum", "-", input=b"")
+    assert r.stdout.decode() == "0x00000000  -\n"
+
+
+def test_crc_tools_prefix(tmp_path):
+    data = pattern(2_000_000, seed=83)
+    p = tmp_path / "rec.ts"
+    p.write_bytes(data)
+    for n in (0, 1, 1_048_576, 1_234_567, len(data)):
+        r = crc_tools("prefix", str(p), str(n))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode() == f"{key(crc32(data[:n]))}\n"
+
+
+def test_crc_tools_errors_are_one_line_and_fail(tmp_path):
+    p = tmp_path / "short.ts"
+    p.write_bytes(b"12 bytes....")
+    for args in (
+        ("sum", str(tmp_path / "missing.ts")),
+        ("prefix", str(tmp_path / "missing.ts"), "1"),
+        ("prefix", str(p), "13"),
+    ):
+        r = crc_tools(*args)
+        assert r.returncode != 0, args
+        line = one_line(r.stderr.decode())
+        assert line.startswith("crc-tools: ") and str(args[1]) in line, line
+        assert r.stdout == b""
+    # one bad file among good ones: the good ones are still summed, the exit is still a failure
+    r = crc_tools("sum", str(p), str(tmp_path / "missing.ts"))
+    assert r.returncode != 0
+    assert r.stdout.decode() == f"{key(crc32(b'12 bytes....'))}  {p}\n"
+    assert "missing.ts" in one_line(r.stderr.decode())
