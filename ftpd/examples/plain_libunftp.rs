@@ -12,7 +12,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, addr, root, ports] = args.as_slice() else {
         return Err("usage: plain_libunftp ADDR ROOT FIRST-LAST".into());
     };
-    let (lo, hi) = ports.split_once('-').ok_or("passive ports must be FIRST-LAST")?;
+    let (lo, hi) = ports
+        .split_once('-')
+        .ok_or("passive ports must be FIRST-LAST")?;
     let root = std::path::PathBuf::from(root);
     let server = ServerBuilder::new(Box::new(move || {
         Filesystem::new(root.clone()).unwrap_or_else(|e| panic!("cannot open root: {e}"))
