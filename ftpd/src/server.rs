@@ -32,6 +32,11 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("server: {0}")]
     Server(#[from] libunftp::ServerError),
+    #[error("cannot serve FTP on {addr}: {reason}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("front: {0}")]
     Front(#[from] crate::front::FrontError),
     #[error("cannot reserve the internal address {addr}: {source}")]
@@ -176,7 +181,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     tokio::select! {
         r = &mut listen => {
             return match r {
-                Ok(r) => r.map_err(ServeError::from),
+                // libunftp's message is only "io error"; the cause (address in use, ...) is its source.
+                Ok(r) => r.map_err(|e| ServeError::Listen {
+                    addr: listen_addr,
+                    reason: std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |c| c.to_string()),
+                }),
                 Err(e) => Err(ServeError::Server(libunftp::ServerError::from(std::io::Error::other(e)))),
             };
         }
