@@ -154,6 +154,19 @@ def test_bad_settings_stop_start_up_with_one_line_naming_them(tmp_path, setting,
         socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
 
 
+def test_listen_address_in_use_stops_start_up_naming_address_and_cause(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        addr = "127.0.0.1:%d" % busy.getsockname()[1]
+        srv.env["FTPD_LISTEN"] = addr
+        r = subprocess.run([str(FTPD), "serve"], env=srv.env, capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("ftpd: ") and addr in last and "in use" in last, r.stderr
+
+
 def test_unknown_key_in_a_config_file_stops_start_up(tmp_path):
     srv = Ftpd(tmp_path / "srv")
     conf = tmp_path / "ftpd.toml"
