@@ -132,3 +132,46 @@ def test_two_sessions_uploading_one_name_at_once_never_mix(ftpd, round):
         key(crc32(final)),
     )
     f.quit()
+
+
+@pytest.mark.parametrize("action", ["DELE", "RENAME"])
+def test_delete_or_rename_takes_a_stalled_upload_over(ftpd_factory, action):
+    takeover_wait = 8
+    srv = ftpd_factory(takeover_wait=takeover_wait)
+    data = random.Random(33).randbytes(4 * MiB)
+    sent = 2 * MiB + 12345
+    a = srv.ftp()
+    a.sendcmd(f"SITE KEY {key(crc32(data))}")
+    a.voidcmd("TYPE I")
+    a_data = a.transfercmd("STOR held.ts")
+    a_data.sendall(data[:sent])
+    wait_for_disk_size(srv.file("alice", "held.ts"), 2 * MiB)
+
+    b = srv.ftp()
+    t0 = time.monotonic()
+    if action == "DELE":
+        b.delete("held.ts")
+    else:
+        b.rename("held.ts", "moved.ts")
+    assert time.monotonic() - t0 < takeover_wait / 2
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        a.getresp()
+    a_data.close()
+    a.close()
+    time.sleep(0.3)
+
+    assert not srv.file("alice", "held.ts").exists(), "the stopped upload recreated the file"
+    with pytest.raises(ftplib.error_perm):
+        b.sendcmd("SITE KEY INFO held.ts")
+    assert b.sendcmd("SITE KEY NULL held.ts") == "230 0x00"
+    if action == "RENAME":
+        # Everything A sent was stored before the rename, and the record moved with the file.
+        assert srv.file("alice", "moved.ts").read_bytes() == data[:sent]
+        i = info(b, "moved.ts")
+        assert (i["size"], i["received-crc"], i["declared"], i["state"]) == (
+            str(sent),
+            key(crc32(data[:sent])),
+            key(crc32(data)),
+            "partial",
+        )
+    b.quit()
