@@ -230,8 +230,8 @@ def test_anonymous_allowed_when_configured(ftpd_factory):
     assert login(srv, "alice", "alice-pw").startswith("230")
 
 
-def test_repeated_failed_logins_lock_that_user_from_that_address(ftpd_factory):
-    srv = ftpd_factory(failed_logins_max=3, failed_logins_window=4)
+def test_without_the_front_libunftp_locks_that_user_from_that_address(ftpd_factory):
+    srv = ftpd_factory(front="false", failed_logins_max=3, failed_logins_window=4)
     for _ in range(2):
         assert login(srv, "alice", "wrong").startswith("530")
     assert login(srv, "alice", "alice-pw").startswith("230")  # below the limit
@@ -246,12 +246,30 @@ def test_repeated_failed_logins_lock_that_user_from_that_address(ftpd_factory):
     assert login(srv, "alice", "alice-pw").startswith("230")
 
 
-def test_default_policy_locks_after_five_failures(ftpd):
+def test_without_the_front_the_policy_locks_after_five_failures(ftpd_factory):
+    srv = ftpd_factory(front="false")
+    for _ in range(5):
+        assert login(srv, "alice", "wrong").startswith("530")
+    assert login(srv, "alice", "alice-pw").startswith("530")
+    assert login(srv, "bob", "bob-pw").startswith("230")
+    assert "locked" in srv.log().lower()
+
+
+def test_by_default_the_front_blocks_the_address_after_five_failures(ftpd):
     for _ in range(5):
         assert login(ftpd, "alice", "wrong").startswith("530")
-    assert login(ftpd, "alice", "alice-pw").startswith("530")
-    assert login(ftpd, "bob", "bob-pw").startswith("230")
-    assert "locked" in ftpd.log().lower()
+    # The front counts per client address: the sixth attempt, even with the right password,
+    # is answered 421 and the connection closed.
+    f = ftplib.FTP()
+    try:
+        f.connect("127.0.0.1", ftpd.port, timeout=10)
+        reply = f.login("alice", "alice-pw")
+    except ftplib.all_errors as e:
+        reply = str(e)
+    finally:
+        f.close()
+    assert reply.startswith("421"), reply
+    assert "127.0.0.1" in ftpd.log()
 
 
 # -- crc-tools ---------------------------------------------------------------------------------
