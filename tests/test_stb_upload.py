@@ -306,9 +306,10 @@ def test_partial_damaged_on_disk_is_not_resumed(ftpd, tmp_path):
 # -- servers without KEY ------------------------------------------------------------------
 
 
-def test_bare_key_refused_uploads_from_zero(ftpd, tmp_path):
+def test_bare_key_refused_uploads_from_zero(ftpd_factory, tmp_path):
     """front off: bare KEY is an unknown command (500), so the client treats the server as one
     without KEY."""
+    ftpd = ftpd_factory(front="false")
     data = data_of(1_200_000, seed=8)
     local = write(tmp_path / "rec.ts", data)
 
@@ -328,7 +329,8 @@ def test_bare_key_refused_uploads_from_zero(ftpd, tmp_path):
     assert_identical(ftpd, "rec.ts", data)
 
 
-def test_bare_key_refused_with_trust_rest_resumes_by_size(ftpd, tmp_path):
+def test_bare_key_refused_with_trust_rest_resumes_by_size(ftpd_factory, tmp_path):
+    ftpd = ftpd_factory(front="false")
     data = data_of(1_200_000, seed=9)
     leave_partial(ftpd, "rec.ts", crc32(data), data[:500_000])
     local = write(tmp_path / "rec.ts", data)
