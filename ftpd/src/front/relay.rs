@@ -295,6 +295,16 @@ where
                     }
                     shared.pending_pass.fetch_add(1, Ordering::SeqCst);
                     out.extend_from_slice(&line);
+                    // Nothing behind a PASS goes through before its result: libunftp answers
+                    // commands pipelined after a PASS (530, not logged in yet) before the PASS
+                    // itself, and that 530 must not count as a failed login.
+                    if let Err(e) = server.write_all(&out).await {
+                        return Some(Ending::Io(e));
+                    }
+                    out.clear();
+                    if !wait_for_pass_result(shared).await {
+                        return Some(Ending::PassStalled);
+                    }
                 }
                 LineKind::Auth => {
                     shared.pending_auth.store(true, Ordering::SeqCst);
@@ -402,6 +412,11 @@ fn on_reply(code: u16, shared: &Shared, settings: &ControlSettings, peer: Socket
             } else {
                 tracing::info!("login failed");
             }
+            shared.pass_done.notify_waiters();
+        }
+        // PASS before USER: refused, but no password was tried.
+        503 if take_pass() => {
+            settings.throttle.settle(peer.ip(), Outcome::Unknown);
             shared.pass_done.notify_waiters();
         }
         234 if shared.pending_auth.swap(false, Ordering::SeqCst) => {
