@@ -199,13 +199,22 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     // the grace period to finish, then the rest are asked to stop and record what they stored.
     tracing::info!(uploads = shared.writers.active(), grace = ?s.shutdown_grace, "shutting down");
     let deadline = tokio::time::Instant::now() + s.shutdown_grace;
+    let mut drained = false;
     while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
+        drained = true;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shared.writers.stop_all();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
+        drained = true;
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if drained {
+        // An upload lets go of its file just before its session sends the final reply;
+        // closing the sessions at that instant would lose the 226 of an upload that finished
+        // in time. Give the replies a moment to go out.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
