@@ -362,6 +362,14 @@ impl StorageBackend<FtpUser> for KeyStorage {
         path: P,
         start_pos: u64,
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>> {
+        // libunftp hands over paths joined with the working directory; SITE handlers (SITE
+        // HASH) pass the client's words as they are, so a relative one is taken from the
+        // session's working directory, as SITE KEY does.
+        if path.as_ref().is_relative() {
+            let cwd = self.session().cwd.clone();
+            let p = paths::resolve(&cwd, path.as_ref()).map_err(path_error)?;
+            return self.fs()?.get(user, p, start_pos).await;
+        }
         self.fs()?.get(user, path, start_pos).await
     }
 
