@@ -287,3 +287,18 @@ def test_site_hash_crc32_and_site_md5_match(ftpd):
     assert hashlib.md5(data).hexdigest().lower() in reply.lower(), reply
     # the CRC of SITE HASH and of KEY INFO are the same value
     assert info(f, "h.ts")["received-crc"] == key(int(m.group(1), 16))
+
+
+def test_site_hash_takes_relative_paths_from_the_working_directory(ftpd):
+    inner, outer = pattern(5000, seed=74), pattern(6000, seed=75)
+    f = ftpd.ftp()
+    f.storbinary("STOR y.ts", io.BytesIO(outer))
+    f.mkd("d")
+    f.storbinary("STOR d/x.ts", io.BytesIO(inner))
+    f.cwd("d")
+    for path, data in (("x.ts", inner), ("/d/x.ts", inner), ("../y.ts", outer), ("./../d/x.ts", inner)):
+        reply = f.sendcmd(f"SITE HASH -a CRC32 {path}")
+        m = re.fullmatch(r"213 CRC32 ([0-9a-f]{8}) .*", reply)
+        assert m and int(m.group(1), 16) == crc32(data), (path, reply)
+    with pytest.raises(ftplib.error_perm):
+        f.sendcmd("SITE HASH -a CRC32 ../../y.ts")  # outside the root
