@@ -2,7 +2,6 @@
 upload the record describes exactly the bytes in the file, so the upload can be resumed."""
 
 import io
-import os
 import random
 import re
 import threading

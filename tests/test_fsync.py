@@ -5,7 +5,9 @@ The server runs under strace; the order of the system calls in the trace is the 
 """
 
 import io
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -61,14 +63,10 @@ class TracedFtpd(Ftpd):
         return self
 
     def signal(self, sig: int) -> None:
-        import os
-
         assert self.pid is not None
         os.kill(self.pid, sig)
 
     def stop(self, timeout: float = 30) -> int:
-        import signal
-
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.signal(signal.SIGTERM)
