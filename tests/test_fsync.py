@@ -50,7 +50,7 @@ class TracedFtpd(Ftpd):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"strace/ftpd exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.recv(100)
                 break
             except OSError:
