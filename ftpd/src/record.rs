@@ -19,11 +19,40 @@ pub struct Record {
     pub open: bool,
     /// When the record last changed.
     pub updated: SystemTime,
+    /// The file the record was written for; a file changed behind the server's back (same
+    /// size, other bytes) no longer matches, so its record is not trusted.
+    pub file: FileId,
 }
 
-const VERSION: u8 = 1;
-/// Encoded length: version, flags, state, declared, crc, size, updated (ms).
-pub const ENCODED_LEN: usize = 1 + 1 + 1 + 4 + 4 + 8 + 8;
+/// Identity of a file's content as the filesystem tracks it: inode and modification time.
+/// A rename keeps both; any write, truncation or replacement changes one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileId {
+    pub ino: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileId {
+    /// From the three values Unix metadata carries.
+    pub fn new(ino: u64, mtime: i64, mtime_nsec: i64) -> Self {
+        FileId {
+            ino,
+            mtime_ns: mtime
+                .saturating_mul(1_000_000_000)
+                .saturating_add(mtime_nsec),
+        }
+    }
+
+    /// Of an open file or a path's metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileId::new(meta.ino(), meta.mtime(), meta.mtime_nsec())
+    }
+}
+
+const VERSION: u8 = 2;
+/// Encoded length: version, flags, state, declared, crc, size, updated (ms), inode, mtime (ns).
+pub const ENCODED_LEN: usize = 1 + 1 + 1 + 4 + 4 + 8 + 8 + 8 + 8;
 
 /// A stored record that cannot be decoded (written by a newer server, or damaged).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,7 +69,18 @@ impl Record {
             state: State::Partial,
             open: true,
             updated: SystemTime::now(),
+            file: FileId::default(),
         }
+    }
+
+    /// The same record, written for the file `file`.
+    pub fn at(self, file: FileId) -> Self {
+        Record { file, ..self }
+    }
+
+    /// True when the record describes exactly this file: same length, same identity.
+    pub fn describes(&self, len: u64, file: FileId) -> bool {
+        self.size == len && self.file == file
     }
 
     /// Fixed little-endian layout, so records stay small and need no schema crate.
@@ -58,6 +98,8 @@ impl Record {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         out[19..27].copy_from_slice(&ms.to_le_bytes());
+        out[27..35].copy_from_slice(&self.file.ino.to_le_bytes());
+        out[35..43].copy_from_slice(&self.file.mtime_ns.to_le_bytes());
         out
     }
 
@@ -84,6 +126,10 @@ impl Record {
             crc: u32_at(7),
             size: u64_at(11),
             updated: UNIX_EPOCH + Duration::from_millis(u64_at(19)),
+            file: FileId {
+                ino: u64_at(27),
+                mtime_ns: u64_at(35) as i64,
+            },
         })
     }
 
@@ -133,6 +179,7 @@ mod tests {
                 state,
                 open,
                 updated: t,
+                file: FileId::new(77, 1_790_000_000, 123_456_789),
             };
             assert_eq!(Record::decode(&r.encode()), Ok(r));
         }

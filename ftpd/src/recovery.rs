@@ -6,7 +6,7 @@
 //! record again describes exactly the bytes in the file.
 
 use crate::paths;
-use crate::record::Record;
+use crate::record::{FileId, Record};
 use crate::store::{RecordStore, StoreError};
 use crate::upload::crc_of_prefix;
 use crc_tools::{combine, Crc32, State};
@@ -63,18 +63,25 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
                 continue;
             }
         };
-        let outcome = (|| -> io::Result<(u64, u32, u64)> {
-            let len = file.metadata()?.len();
+        let outcome = (|| -> io::Result<(u64, u32, u64, FileId)> {
+            let meta = file.metadata()?;
+            let len = meta.len();
+            let id = FileId::of(&meta);
             Ok(if len >= rec.size {
                 let tail = crc_of_range(&file, rec.size, len)?;
-                (len, combine(rec.crc, tail, len - rec.size), len - rec.size)
+                (
+                    len,
+                    combine(rec.crc, tail, len - rec.size),
+                    len - rec.size,
+                    id,
+                )
             } else {
                 // Only possible when data was not fsynced before a power cut: recount it all.
-                (len, crc_of_prefix(&file, len)?, len)
+                (len, crc_of_prefix(&file, len)?, len, id)
             })
         })();
         match outcome {
-            Ok((size, crc, read)) => {
+            Ok((size, crc, read, id)) => {
                 let state = if rec.declared == Some(crc) {
                     State::Verified
                 } else {
@@ -86,6 +93,7 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
                     state,
                     open: false,
                     updated: SystemTime::now(),
+                    file: id,
                     ..rec
                 };
                 store.put(&user, &path, &fixed)?;

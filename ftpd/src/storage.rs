@@ -6,7 +6,7 @@
 //! through `SiteCommandContext::storage`.
 
 use crate::paths::{self, PathError};
-use crate::record::Record;
+use crate::record::{FileId, Record};
 use crate::store::StoreError;
 use crate::upload::{self, Request, Shared, UploadError};
 use crate::users::FtpUser;
@@ -246,8 +246,13 @@ impl KeyStorage {
                 return Err(KeyError::NotAFile(p));
             }
             let record = shared.store.get(&name, &p)?;
+            let id = {
+                use cap_std::fs::MetadataExt;
+                FileId::new(meta.ino(), meta.mtime(), meta.mtime_nsec())
+            };
             Ok(FileView::of(
                 meta.len(),
+                id,
                 meta.modified().ok().map(|t| t.into_std()),
                 record,
                 live,
@@ -283,6 +288,7 @@ struct FileView {
 impl FileView {
     fn of(
         disk_len: u64,
+        id: FileId,
         mtime: Option<SystemTime>,
         record: Option<Record>,
         live: Option<crate::writers::Progress>,
@@ -295,9 +301,9 @@ impl FileView {
                 state: State::Partial,
                 updated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             },
-            // The record describes the file only while the sizes agree; a file changed behind
-            // the server's back must never look resumable.
-            (Some(r), None) if r.size == disk_len => FileView {
+            // The record describes the file only while size and identity agree; a file changed
+            // behind the server's back must never look resumable.
+            (Some(r), None) if r.describes(disk_len, id) => FileView {
                 declared: r.declared,
                 size: r.size,
                 crc: Some(r.crc),
@@ -480,29 +486,42 @@ mod tests {
             state,
             open: false,
             updated: SystemTime::UNIX_EPOCH,
+            file: ID,
         }
     }
 
+    const ID: FileId = FileId {
+        ino: 3,
+        mtime_ns: 1_000,
+    };
+
     #[test]
-    fn view_trusts_a_record_only_while_sizes_agree() {
-        let v = FileView::of(10, None, Some(rec(10, State::Verified)), None);
+    fn view_trusts_a_record_only_while_size_and_identity_agree() {
+        let v = FileView::of(10, ID, None, Some(rec(10, State::Verified)), None);
         assert_eq!(
             (v.declared, v.crc, v.state),
             (Some(9), Some(5), State::Verified)
         );
-        let v = FileView::of(11, None, Some(rec(10, State::Verified)), None);
+        let v = FileView::of(11, ID, None, Some(rec(10, State::Verified)), None);
         assert_eq!(
             (v.declared, v.crc, v.state, v.size),
             (None, None, State::Untracked, 11)
         );
-        let v = FileView::of(11, None, None, None);
+        let v = FileView::of(11, ID, None, None, None);
         assert_eq!(v.state, State::Untracked);
+        // Same size, rewritten in place: the modification time moved on.
+        let touched = FileId {
+            mtime_ns: 2_000,
+            ..ID
+        };
+        let v = FileView::of(10, touched, None, Some(rec(10, State::Verified)), None);
+        assert_eq!((v.declared, v.crc, v.state), (None, None, State::Untracked));
     }
 
     #[test]
     fn view_prefers_the_live_upload() {
         let live = crate::writers::Progress { size: 20, crc: 7 };
-        let v = FileView::of(25, None, Some(rec(10, State::Partial)), Some(live));
+        let v = FileView::of(25, ID, None, Some(rec(10, State::Partial)), Some(live));
         assert_eq!(
             (v.declared, v.size, v.crc, v.state),
             (Some(9), 20, Some(7), State::Partial)

@@ -4,7 +4,7 @@
 //! keeping its confinement: files are opened through the user's `cap_std` root handle.
 
 use crate::paths;
-use crate::record::Record;
+use crate::record::{FileId, Record};
 use crate::store::{RecordStore, StoreError};
 use crate::writers::{Busy, Progress, Writers};
 use cap_std::fs::{Dir, OpenOptions};
@@ -249,12 +249,14 @@ where
         state,
         open: false,
         updated: SystemTime::now(),
+        file: FileId::default(),
     };
     let (user, path, fsync) = (req.user.clone(), req.path.clone(), cfg.fsync);
     blocking(move || {
         if fsync {
             file.sync_data()?;
         }
+        let record = record.at(FileId::of(&file.metadata()?));
         store.put(&user, &path, &record)?;
         Ok(())
     })
@@ -340,10 +342,11 @@ fn write_chunk(
             if fsync {
                 file.sync_data()?;
             }
+            let id = FileId::of(&file.metadata()?);
             store.put(
                 &user,
                 &path,
-                &Record::opened(declared, crc.len(), crc.value()),
+                &Record::opened(declared, crc.len(), crc.value()).at(id),
             )?;
         }
         Ok(())
@@ -392,7 +395,11 @@ fn open_for_upload(
             size: disk_len,
         });
     }
-    let record = shared.store.get(user, path)?.filter(|r| r.size == disk_len);
+    // A record of other bytes (changed behind the server's back) is no record at all.
+    let record = shared
+        .store
+        .get(user, path)?
+        .filter(|r| r.describes(disk_len, FileId::of(&meta)));
     let stored_declared = record.and_then(|r| r.declared);
     if start_pos > 0 {
         if let (Some(stored), Some(mine)) = (stored_declared, session_declared) {
@@ -423,9 +430,12 @@ fn open_for_upload(
     if !existed && shared.upload.fsync {
         sync_parent(root, rel)?;
     }
-    shared
-        .store
-        .put(user, path, &Record::opened(declared, start_pos, prefix_crc))?;
+    let id = FileId::of(&file.metadata()?);
+    shared.store.put(
+        user,
+        path,
+        &Record::opened(declared, start_pos, prefix_crc).at(id),
+    )?;
     Ok(Opened {
         file,
         prefix_crc,
