@@ -89,6 +89,13 @@ pub enum LineKind {
     Pass,
     /// `AUTH`: a `234` reply turns the control channel into TLS.
     Auth,
+    /// `REST` with an offset libunftp accepts: sets the offset of the next transfer.
+    Rest,
+    /// `STOR`, `RETR`, `STOU`, `APPE`: a transfer that uses libunftp's restart offset.
+    Transfer,
+    /// Data-connection set-up (`PASV`, `EPSV`, `PORT`, `EPRT`, `TYPE`, `MODE`, `STRU`), which
+    /// clients may send between `REST` and the transfer and which leaves the offset alone.
+    Setup,
     /// Anything else: passed through untouched.
     Other,
 }
@@ -105,15 +112,51 @@ pub fn command_word(line: &[u8]) -> &[u8] {
 /// Classifies a line by its command word, case-insensitively.
 pub fn classify(line: &[u8]) -> LineKind {
     let word = command_word(line);
-    if word.eq_ignore_ascii_case(b"KEY") {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    if is(b"KEY") {
         LineKind::Key
-    } else if word.eq_ignore_ascii_case(b"PASS") {
+    } else if is(b"PASS") {
         LineKind::Pass
-    } else if word.eq_ignore_ascii_case(b"AUTH") {
+    } else if is(b"AUTH") {
         LineKind::Auth
+    } else if is(b"REST") {
+        match rest_offset(line) {
+            Some(_) => LineKind::Rest,
+            None => LineKind::Other,
+        }
+    } else if [&b"STOR"[..], b"RETR", b"STOU", b"APPE"]
+        .into_iter()
+        .any(is)
+    {
+        LineKind::Transfer
+    } else if [
+        &b"PASV"[..],
+        b"EPSV",
+        b"PORT",
+        b"EPRT",
+        b"TYPE",
+        b"MODE",
+        b"STRU",
+    ]
+    .into_iter()
+    .any(is)
+    {
+        LineKind::Setup
     } else {
         LineKind::Other
     }
+}
+
+/// The offset of a `REST` line as libunftp reads it (decimal `u64` up to the line end), or
+/// `None` when libunftp would refuse it and so keep its previous offset.
+fn rest_offset(line: &[u8]) -> Option<u64> {
+    let word = command_word(line);
+    let rest = line[word.len()..].strip_prefix(b" ")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// Turns `KEY <args>` into `SITE KEY <args>`, keeping the arguments and terminator byte for byte.
@@ -324,5 +367,28 @@ mod tests {
         assert_eq!(classify(b"auth ssl\n"), LineKind::Auth);
         assert_eq!(classify(b"PASSWD\r\n"), LineKind::Other);
         assert_eq!(classify(b"\xff\xf4ABOR\r\n"), LineKind::Other);
+    }
+
+    #[test]
+    fn classify_finds_rest_transfers_and_setup() {
+        assert_eq!(classify(b"REST 1000\r\n"), LineKind::Rest);
+        assert_eq!(classify(b"rest 0\n"), LineKind::Rest);
+        assert_eq!(classify(b"REST abc\r\n"), LineKind::Other);
+        assert_eq!(classify(b"REST -1\r\n"), LineKind::Other);
+        assert_eq!(classify(b"REST\r\n"), LineKind::Other);
+        assert_eq!(classify(b"REST 18446744073709551616\r\n"), LineKind::Other);
+        for l in [&b"STOR a\r\n"[..], b"retr a\r\n", b"STOU\r\n", b"APPE x\n"] {
+            assert_eq!(classify(l), LineKind::Transfer);
+        }
+        for l in [
+            &b"PASV\r\n"[..],
+            b"epsv\r\n",
+            b"PORT 1,2,3,4,5,6\r\n",
+            b"TYPE I\r\n",
+        ] {
+            assert_eq!(classify(l), LineKind::Setup);
+        }
+        assert_eq!(classify(b"STORE a\r\n"), LineKind::Other);
+        assert_eq!(classify(b"SIZE a\r\n"), LineKind::Other);
     }
 }

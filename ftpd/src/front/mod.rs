@@ -31,6 +31,20 @@
 //! one `PASS` in flight at a time, so neither pipelining nor parallel connections get more
 //! guesses through.
 //!
+//! # Restart offsets
+//! libunftp keeps a `REST` offset in the session until a transfer succeeds, so after a refused
+//! resume the next `STOR` or `RETR` of the session would silently start at the old offset. The
+//! front therefore sends `REST 0` ahead of every `STOR`, `RETR`, `STOU` and `APPE` that does not
+//! follow a `REST` (data-connection set-up — `PASV`, `EPSV`, `PORT`, `EPRT`, `TYPE`, `MODE`,
+//! `STRU` — may come in between, as many clients send it there), and leaves the reply to it out.
+//! A `REST` with an offset libunftp refuses does not count, since libunftp then keeps the old one.
+//! To know which reply to leave out, the front counts final replies against the lines it sent and
+//! holds such a transfer command until every earlier command has been answered (libunftp answers
+//! some commands, e.g. `DELE` or `SIZE`, from background tasks, so pipelined replies may arrive out
+//! of order); clients that wait for each reply never wait longer. If earlier replies do not come
+//! within 15 seconds the transfer goes through without `REST 0`. Inside TLS sessions (after
+//! `AUTH TLS`) the front cannot see commands, so the stale offset stays possible there.
+//!
 //! # Limits
 //! * Lines longer than [`FrontConfig::max_line`] get `500 Command line too long.` and the
 //!   connection is closed; a line not finished within [`FrontConfig::line_timeout`] gets `421`

@@ -6,7 +6,7 @@ use super::reply::ReplyScanner;
 use super::throttle::{Admission, LoginThrottle, Outcome};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -21,6 +21,12 @@ const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTROL_READ: usize = 4096;
 /// How long a `PASS` waits for the result of the previous one on the same connection.
 const PASS_WAIT: Duration = Duration::from_secs(15);
+/// How long a transfer command waits for the replies to the commands before it, so that the
+/// reply to the `REST 0` sent ahead of it is known to be the next one.
+const REPLY_WAIT: Duration = Duration::from_secs(15);
+/// Sent ahead of a transfer that does not follow a `REST`: libunftp keeps a `REST` offset until
+/// a transfer succeeds, so a refused one would otherwise leave it for the next transfer.
+const REST_ZERO: &[u8] = b"REST 0\r\n";
 /// Time allowed for the front's own last words to a client that is being disconnected.
 const FAREWELL: Duration = Duration::from_secs(2);
 
@@ -67,6 +73,24 @@ struct Shared {
     blocked: AtomicBool,
     /// Signalled whenever a PASS result has been seen.
     pass_done: Notify,
+    /// Final replies the server owes: the greeting plus one per line sent to it.
+    expected: AtomicU64,
+    /// Final replies seen so far.
+    replied: AtomicU64,
+    /// 1 + the number of the final reply to leave out (the answer to an injected `REST 0`);
+    /// 0 when there is none.
+    swallow: AtomicU64,
+    /// Signalled whenever final replies have been seen.
+    reply_seen: Notify,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            expected: AtomicU64::new(1),
+            ..Shared::default()
+        }
+    }
 }
 
 /// Makes urgent (OOB) bytes part of the normal stream, as RFC 6093 recommends: Python's ftplib
@@ -141,7 +165,7 @@ pub(super) async fn control_connection(
     };
     tracing::info!("control connection opened");
 
-    let shared = Shared::default();
+    let shared = Shared::new();
     let mut scanner = ReplyScanner::new();
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
@@ -220,6 +244,8 @@ where
     // When the current unfinished line began: the whole line must arrive within `line_timeout`.
     let mut partial_since: Option<Instant> = None;
     let mut queued: Option<usize> = None;
+    // The previous command was a `REST` (possibly followed by data-connection set-up).
+    let mut rest_armed = false;
     loop {
         let read = match (queued.take(), partial_since) {
             (Some(n), _) => Ok(n),
@@ -267,7 +293,18 @@ where
                     return Some(Ending::LineTooLong);
                 }
             };
-            match classify(&line) {
+            let kind = classify(&line);
+            let armed = rest_armed;
+            rest_armed = kind == LineKind::Rest || (kind == LineKind::Setup && armed);
+            if kind == LineKind::Transfer && !armed {
+                if let Err(e) = server.write_all(&out).await {
+                    return Some(Ending::Io(e));
+                }
+                out.clear();
+                reset_rest_offset(shared, &mut out).await;
+            }
+            shared.expected.fetch_add(1, Ordering::SeqCst);
+            match kind {
                 LineKind::Key => {
                     if let Some(rewritten) = rewrite_key(&line) {
                         tracing::debug!("bare KEY rewritten to SITE KEY");
@@ -310,7 +347,9 @@ where
                     shared.pending_auth.store(true, Ordering::SeqCst);
                     out.extend_from_slice(&line);
                 }
-                LineKind::Other => out.extend_from_slice(&line),
+                LineKind::Rest | LineKind::Transfer | LineKind::Setup | LineKind::Other => {
+                    out.extend_from_slice(&line)
+                }
             }
         }
         if !out.is_empty() {
@@ -324,6 +363,44 @@ where
         };
         if splitter.has_partial() {
             queued = read_past_urgent_mark(client.as_ref(), &mut buf);
+        }
+    }
+}
+
+/// Queues `REST 0` in `out` (which must be empty) and marks its reply to be left out, once every
+/// earlier command has been answered: the server may answer some commands out of order, so only
+/// then is the next final reply certainly the one to `REST 0`. If earlier replies do not come in
+/// time, or the channel has turned to TLS, nothing is injected.
+async fn reset_rest_offset(shared: &Shared, out: &mut Vec<u8>) {
+    let quiet = Box::pin(wait_for_replies(shared)).await;
+    if shared.raw.load(Ordering::SeqCst) {
+        return;
+    }
+    let replied = shared.replied.load(Ordering::SeqCst);
+    if !quiet {
+        // A reply that never came (or a server that answered a command twice) would make the
+        // count wrong for good: start counting afresh from what has been seen.
+        tracing::warn!("earlier replies missing; transfer sent without resetting the offset");
+        shared.expected.store(replied, Ordering::SeqCst);
+        return;
+    }
+    shared.swallow.store(replied + 1, Ordering::SeqCst);
+    shared.expected.fetch_add(1, Ordering::SeqCst);
+    out.extend_from_slice(REST_ZERO);
+}
+
+/// Waits until every command sent so far has had its final reply; `false` after [`REPLY_WAIT`].
+async fn wait_for_replies(shared: &Shared) -> bool {
+    let deadline = Instant::now() + REPLY_WAIT;
+    loop {
+        let notified = shared.reply_seen.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.replied.load(Ordering::SeqCst) >= shared.expected.load(Ordering::SeqCst) {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
         }
     }
 }
@@ -372,6 +449,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; CONTROL_READ];
+    let mut out = Vec::new();
     loop {
         let n = match server.read(&mut buf).await {
             Ok(0) => return Ending::Closed,
@@ -379,9 +457,20 @@ where
             Err(e) => return Ending::Io(e),
         };
         let data = &buf[..n];
-        if !shared.raw.load(Ordering::SeqCst) {
-            scanner.feed(data, |code| on_reply(code, shared, settings, peer));
-        }
+        let data = if shared.raw.load(Ordering::SeqCst) {
+            data
+        } else {
+            out.clear();
+            let drop = shared.swallow.load(Ordering::SeqCst).checked_sub(1);
+            let used = scanner.filter(data, drop, &mut out, |code| {
+                on_reply(code, shared, settings, peer)
+            });
+            out.extend_from_slice(&data[used..]);
+            if scanner.finals() != shared.replied.swap(scanner.finals(), Ordering::SeqCst) {
+                shared.reply_seen.notify_waiters();
+            }
+            &out[..]
+        };
         if let Err(e) = client.write_all(data).await {
             return Ending::Io(e);
         }

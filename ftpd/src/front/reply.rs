@@ -1,15 +1,20 @@
-//! Watches server replies without changing them, to find the codes the front acts on.
+//! Watches server replies, to find the codes the front acts on, and leaves out the replies to
+//! commands the front injected itself.
 //!
 //! Only the first four bytes of each line are kept, so a long reply line costs no memory.
 
-/// Finds the code of every complete (final) reply in the server's byte stream, including
-/// multi-line replies (`213-...` ... `213 end`).
+/// Finds the code of every complete reply in the server's byte stream, including multi-line
+/// replies (`213-...` ... `213 end`), counts the final (non-`1xx`) ones, and can drop one of them.
 #[derive(Debug, Default)]
 pub struct ReplyScanner {
     head: [u8; 4],
     head_len: usize,
     multiline: Option<[u8; 3]>,
     mid_line: bool,
+    /// Final replies completed so far; the greeting is number 0.
+    finals: u64,
+    /// The reply being read is left out.
+    dropping: bool,
 }
 
 impl ReplyScanner {
@@ -17,17 +22,63 @@ impl ReplyScanner {
         Self::default()
     }
 
-    /// Feeds server bytes; `on_reply` gets each final reply code as its line completes. When it
+    /// Feeds server bytes; `on_reply` gets each reply code as its reply completes. When it
     /// returns `false` scanning stops (the rest of the stream is no longer FTP text) and the
     /// number of bytes consumed is returned.
-    pub fn feed(&mut self, data: &[u8], mut on_reply: impl FnMut(u16) -> bool) -> usize {
+    #[cfg(test)]
+    pub fn feed(&mut self, data: &[u8], on_reply: impl FnMut(u16) -> bool) -> usize {
+        self.scan(data, None, None, on_reply)
+    }
+
+    /// Like [`feed`](Self::feed), but appends to `out` every byte except those of final reply
+    /// number `drop` (counting from 0, the greeting), which is also not reported to `on_reply`.
+    /// Bytes after the point where scanning stopped are not copied.
+    pub fn filter(
+        &mut self,
+        data: &[u8],
+        drop: Option<u64>,
+        out: &mut Vec<u8>,
+        on_reply: impl FnMut(u16) -> bool,
+    ) -> usize {
+        self.scan(data, drop, Some(out), on_reply)
+    }
+
+    /// Final replies completed so far, the greeting included.
+    pub fn finals(&self) -> u64 {
+        self.finals
+    }
+
+    fn scan(
+        &mut self,
+        data: &[u8],
+        drop: Option<u64>,
+        mut out: Option<&mut Vec<u8>>,
+        mut on_reply: impl FnMut(u16) -> bool,
+    ) -> usize {
         for (i, &b) in data.iter().enumerate() {
+            if !self.mid_line && self.multiline.is_none() {
+                // A reply starts here: a final one is recognised by its first digit, so whether
+                // to drop it is known before any of its bytes would have been passed on.
+                self.dropping = drop == Some(self.finals) && (b'2'..=b'5').contains(&b);
+            }
+            if !self.dropping {
+                if let Some(out) = out.as_deref_mut() {
+                    out.push(b);
+                }
+            }
             self.mid_line = b != b'\n';
             if b == b'\n' {
                 let code = self.end_of_line();
                 self.head_len = 0;
+                let dropped = std::mem::take(&mut self.dropping);
+                if self.multiline.is_some() {
+                    self.dropping = dropped;
+                }
                 if let Some(code) = code {
-                    if !on_reply(code) {
+                    if code >= 200 {
+                        self.finals += 1;
+                    }
+                    if !dropped && !on_reply(code) {
                         return i + 1;
                     }
                 }
@@ -39,9 +90,10 @@ impl ReplyScanner {
         data.len()
     }
 
-    /// Whether the last byte seen ended a line, so text the front injects starts on its own line.
+    /// Whether the client has seen a complete line last, so text the front injects starts on its
+    /// own line.
     pub fn at_line_start(&self) -> bool {
-        !self.mid_line
+        !self.mid_line || self.dropping
     }
 
     fn end_of_line(&mut self) -> Option<u16> {
@@ -169,5 +221,71 @@ mod tests {
             codes(&mut s, b"hello\r\n12\r\n1234\r\n\n"),
             Vec::<u16>::new()
         );
+    }
+
+    fn filtered(s: &mut ReplyScanner, data: &[u8], drop: Option<u64>) -> (Vec<u8>, Vec<u16>) {
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        s.filter(data, drop, &mut out, |c| {
+            seen.push(c);
+            true
+        });
+        (out, seen)
+    }
+
+    #[test]
+    fn filter_drops_exactly_one_final_reply() {
+        let mut s = ReplyScanner::new();
+        let data = b"220 hi\r\n200 ok\r\n350 Restarting at 0.\r\n150 go\r\n226 done\r\n";
+        let (out, seen) = filtered(&mut s, data, Some(2));
+        assert_eq!(out, b"220 hi\r\n200 ok\r\n150 go\r\n226 done\r\n".to_vec());
+        assert_eq!(seen, vec![220, 200, 150, 226]);
+        assert_eq!(s.finals(), 4);
+        assert!(s.at_line_start());
+    }
+
+    #[test]
+    fn filter_drops_multi_line_reply_split_across_reads() {
+        // Reply 1 is the 350; " 550 inside" is not a reply of its own.
+        let plain = b"220 hi\r\n350 zero\r\n 550 inside\r\n150 go\r\n226 ok\r\n";
+        let data2 = b"220 hi\r\n350-one\r\n 550 inside\r\n350 two\r\n150 go\r\n226 ok\r\n";
+        for data in [&plain[..], &data2[..]] {
+            let (whole, _) = filtered(&mut ReplyScanner::new(), data, Some(1));
+            for cut in 0..data.len() {
+                let mut s = ReplyScanner::new();
+                let (mut a, _) = filtered(&mut s, &data[..cut], Some(1));
+                let (b, _) = filtered(&mut s, &data[cut..], Some(1));
+                a.extend(b);
+                assert_eq!(a, whole, "cut at {cut}");
+            }
+        }
+        let (out, seen) = filtered(&mut ReplyScanner::new(), data2, Some(1));
+        assert_eq!(out, b"220 hi\r\n150 go\r\n226 ok\r\n".to_vec());
+        assert_eq!(seen, vec![220, 150, 226]);
+    }
+
+    #[test]
+    fn filter_counts_finals_only_and_keeps_preliminary_replies() {
+        let mut s = ReplyScanner::new();
+        // 150 is preliminary: the final reply number 1 is the 226, number 2 the 550.
+        let (out, _) = filtered(&mut s, b"220 hi\r\n150 go\r\n226 ok\r\n550 no\r\n", Some(2));
+        assert_eq!(out, b"220 hi\r\n150 go\r\n226 ok\r\n".to_vec());
+        let (out, _) = filtered(&mut s, b"200 later\r\n", Some(2));
+        assert_eq!(out, b"200 later\r\n".to_vec());
+    }
+
+    #[test]
+    fn filter_without_drop_is_identity() {
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        for _ in 0..100 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let data: Vec<u8> = (0..(x % 500))
+                .map(|i| b"3 5-\r\n0xy"[((i * 7) ^ x) as usize % 9])
+                .collect();
+            let (out, _) = filtered(&mut ReplyScanner::new(), &data, None);
+            assert_eq!(out, data);
+        }
     }
 }
