@@ -61,6 +61,11 @@ impl LineSplitter {
                         limit: self.max_line,
                     });
                 }
+                if rest.is_empty() {
+                    // Nothing pending: an idle connection keeps no buffer.
+                    self.buf = Vec::new();
+                    self.start = 0;
+                }
                 Ok(None)
             }
         }
@@ -201,6 +206,7 @@ mod tests {
         s.push(b"OP\r\n");
         assert_eq!(drain(&mut s), vec![b"NOOP\r\n".to_vec()]);
         assert!(!s.has_partial());
+        assert_eq!(s.buf.capacity(), 0, "no buffer kept between lines");
     }
 
     #[test]

@@ -48,8 +48,9 @@
 //! # Limits
 //! * Lines longer than [`FrontConfig::max_line`] get `500 Command line too long.` and the
 //!   connection is closed; a line not finished within [`FrontConfig::line_timeout`] gets `421`
-//!   and is closed. A control connection holds at most `max_line` plus two 4 KiB buffers; data
-//!   connections are spliced through fixed buffers, never stored.
+//!   and is closed. A control connection holds at most one unfinished line (`max_line`); an idle
+//!   one holds no buffer at all (reads wait for readiness first and copy only what arrived).
+//!   Data connections are spliced through fixed buffers, never stored.
 //! * After `AUTH TLS`/`AUTH SSL` is answered `234` the control channel is TLS and the front relays
 //!   it as raw bytes: bare `KEY` then no longer works (`SITE KEY` does), and login results inside
 //!   TLS sessions are not seen, so they are not counted (a blocked address is still refused when

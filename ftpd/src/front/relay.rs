@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -103,13 +103,30 @@ fn oob_inline(stream: &TcpStream) {
 
 /// Reads bytes that are already queued but that tokio will not report: with `SO_OOBINLINE` a
 /// read stops at the urgent mark and no new readiness event follows for the urgent byte itself.
-/// `Some(0)` is end of stream; `None` means nothing is queued.
-fn read_past_urgent_mark(stream: &TcpStream, buf: &mut [u8]) -> Option<usize> {
+/// An empty buffer is end of stream; `None` means nothing is queued.
+fn read_past_urgent_mark(stream: &TcpStream) -> Option<Vec<u8>> {
     use std::io::Read;
     let sock = socket2::SockRef::from(stream);
+    let mut buf = [0u8; CONTROL_READ];
     // The socket is non-blocking (tokio set it up), so this returns at once.
     let mut reader: &socket2::Socket = &sock;
-    reader.read(buf).ok()
+    let n = reader.read(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// Waits for bytes and returns them (empty at end of stream). No buffer exists while waiting,
+/// which is nearly all of an idle connection's life: the read goes to the stack and only the
+/// bytes received are copied to the heap.
+async fn read_some(stream: &TcpStream) -> io::Result<Vec<u8>> {
+    loop {
+        stream.readable().await?;
+        let mut buf = [0u8; CONTROL_READ];
+        match stream.try_read(&mut buf) {
+            Ok(n) => return Ok(buf[..n].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Opens the back-end connection and announces the real client with a PROXY header.
@@ -145,21 +162,21 @@ pub(super) async fn control_connection(
     if peer.is_ipv6() || local.is_ipv6() {
         // libunftp parses only TCP4 PROXY headers and PASV carries only IPv4.
         tracing::info!("refusing IPv6 control connection");
-        farewell(&mut client, REPLY_NO_IPV6).await;
+        Box::pin(farewell(&mut client, REPLY_NO_IPV6)).await;
         return;
     }
     if settings.throttle.is_blocked(peer.ip()) {
         tracing::info!("refusing connection: too many failed logins");
-        farewell(&mut client, REPLY_THROTTLED).await;
+        Box::pin(farewell(&mut client, REPLY_THROTTLED)).await;
         return;
     }
     let _ = client.set_nodelay(true);
     oob_inline(&client);
-    let mut server = match connect_backend(settings.backend_addr, peer, local).await {
+    let mut server = match Box::pin(connect_backend(settings.backend_addr, peer, local)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(backend = %settings.backend_addr, error = %e, "cannot reach the FTP back-end");
-            farewell(&mut client, REPLY_UNAVAILABLE).await;
+            Box::pin(farewell(&mut client, REPLY_UNAVAILABLE)).await;
             return;
         }
     };
@@ -168,10 +185,10 @@ pub(super) async fn control_connection(
     let shared = Shared::new();
     let mut scanner = ReplyScanner::new();
     let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
+    let (sr, mut sw) = server.split();
     let ending = {
         let up = client_to_server(&mut cr, &mut sw, &shared, &settings, peer);
-        let down = server_to_client(&mut sr, &mut cw, &mut scanner, &shared, &settings, peer);
+        let down = server_to_client(sr.as_ref(), &mut cw, &mut scanner, &shared, &settings, peer);
         tokio::pin!(up, down);
         tokio::select! {
             u = &mut up => match u {
@@ -206,7 +223,7 @@ pub(super) async fn control_connection(
                 words.extend_from_slice(b"\r\n");
             }
             words.extend_from_slice(message);
-            farewell(&mut client, &words).await;
+            Box::pin(farewell(&mut client, &words)).await;
         }
         _ => {
             let _ = client.shutdown().await;
@@ -240,34 +257,38 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut splitter = LineSplitter::new(settings.max_line);
-    let mut buf = vec![0u8; CONTROL_READ];
     // When the current unfinished line began: the whole line must arrive within `line_timeout`.
     let mut partial_since: Option<Instant> = None;
-    let mut queued: Option<usize> = None;
+    let mut queued: Option<Vec<u8>> = None;
     // The previous command was a `REST` (possibly followed by data-connection set-up).
     let mut rest_armed = false;
     loop {
         let read = match (queued.take(), partial_since) {
-            (Some(n), _) => Ok(n),
+            (Some(data), _) => Ok(data),
             (None, Some(since)) => {
-                match tokio::time::timeout_at(since + settings.line_timeout, client.read(&mut buf))
-                    .await
+                // Boxed: the timer exists only while a line is unfinished.
+                let deadline = since + settings.line_timeout;
+                match Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    read_some(client.as_ref()),
+                ))
+                .await
                 {
                     Ok(r) => r,
                     Err(_) => return Some(Ending::LineTimeout),
                 }
             }
-            (None, None) => client.read(&mut buf).await,
+            (None, None) => read_some(client.as_ref()).await,
         };
-        let n = match read {
-            Ok(0) => {
+        let chunk = match read {
+            Ok(chunk) if chunk.is_empty() => {
                 let _ = server.shutdown().await;
                 return None;
             }
-            Ok(n) => n,
+            Ok(chunk) => chunk,
             Err(e) => return Some(Ending::Io(e)),
         };
-        let data = &buf[..n];
+        let data = &chunk[..];
         // `raw` is set before the 234 reaches the client, so TLS bytes are never split as lines.
         if shared.raw.load(Ordering::SeqCst) {
             let mut out = splitter.take_rest();
@@ -319,7 +340,7 @@ where
                             return Some(Ending::Io(e));
                         }
                         out.clear();
-                        if !wait_for_pass_result(shared).await {
+                        if !Box::pin(wait_for_pass_result(shared)).await {
                             return Some(Ending::PassStalled);
                         }
                     }
@@ -327,7 +348,7 @@ where
                         return Some(Ending::Io(e));
                     }
                     out.clear();
-                    if let Some(ending) = admit_login(&settings.throttle, peer).await {
+                    if let Some(ending) = Box::pin(admit_login(&settings.throttle, peer)).await {
                         return Some(ending);
                     }
                     shared.pending_pass.fetch_add(1, Ordering::SeqCst);
@@ -339,7 +360,7 @@ where
                         return Some(Ending::Io(e));
                     }
                     out.clear();
-                    if !wait_for_pass_result(shared).await {
+                    if !Box::pin(wait_for_pass_result(shared)).await {
                         return Some(Ending::PassStalled);
                     }
                 }
@@ -362,7 +383,7 @@ where
             false => None,
         };
         if splitter.has_partial() {
-            queued = read_past_urgent_mark(client.as_ref(), &mut buf);
+            queued = read_past_urgent_mark(client.as_ref());
         }
     }
 }
@@ -436,8 +457,8 @@ async fn wait_for_pass_result(shared: &Shared) -> bool {
 }
 
 /// Server to client: forwards replies unchanged, noting login results and a TLS upgrade.
-async fn server_to_client<R, W>(
-    server: &mut R,
+async fn server_to_client<W>(
+    server: &TcpStream,
     client: &mut W,
     scanner: &mut ReplyScanner,
     shared: &Shared,
@@ -445,22 +466,20 @@ async fn server_to_client<R, W>(
     peer: SocketAddr,
 ) -> Ending
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; CONTROL_READ];
-    let mut out = Vec::new();
     loop {
-        let n = match server.read(&mut buf).await {
-            Ok(0) => return Ending::Closed,
-            Ok(n) => n,
+        let chunk = match read_some(server).await {
+            Ok(chunk) if chunk.is_empty() => return Ending::Closed,
+            Ok(chunk) => chunk,
             Err(e) => return Ending::Io(e),
         };
-        let data = &buf[..n];
+        let data = &chunk[..];
+        let mut out = Vec::new();
         let data = if shared.raw.load(Ordering::SeqCst) {
             data
         } else {
-            out.clear();
+            out.reserve_exact(data.len());
             let drop = shared.swallow.load(Ordering::SeqCst).checked_sub(1);
             let used = scanner.filter(data, drop, &mut out, |code| {
                 on_reply(code, shared, settings, peer)
@@ -565,3 +584,30 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
 
 /// Bytes buffered per direction of a data connection.
 const DATA_BUFFER: usize = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle control connection costs besides its sockets is mostly the size of this
+    /// future: buffers, timers and rarely used waits are not part of it.
+    #[tokio::test]
+    async fn control_connection_future_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let settings = ControlSettings {
+            backend_addr: addr,
+            max_line: 4096,
+            line_timeout: Duration::from_secs(30),
+            throttle: Arc::new(LoginThrottle::new(5, Duration::from_secs(300))),
+        };
+        let fut = control_connection(stream, peer, settings);
+        let size = std::mem::size_of_val(&fut);
+        println!("control connection future: {size} bytes");
+        assert!(size <= 2048, "control connection future is {size} bytes");
+    }
+}
