@@ -81,8 +81,12 @@ struct Harness {
     _stop: oneshot::Sender<()>,
 }
 
+/// A free port on a loopback address of this harness's own (127.200.x.y): tests run in parallel,
+/// and a port merely released on 127.0.0.1 can be handed to another test's connection meanwhile.
 fn free_loopback_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let r = random_u64();
+    let ip = Ipv4Addr::new(127, 200, (r >> 8) as u8, 1 + (r as u8 % 250));
+    let l = std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), 0)).expect("bind");
     l.local_addr().expect("addr")
 }
 
@@ -126,16 +130,21 @@ async fn start_server(
     )
     .build()
     .expect("libunftp builds");
-    tokio::spawn(async move {
-        if let Err(e) = server.listen(backend.to_string()).await {
-            eprintln!("libunftp stopped: {e}");
+    let listening = tokio::spawn(server.listen(backend.to_string()));
+    let mut up = false;
+    for _ in 0..500 {
+        if listening.is_finished() {
+            break;
         }
-    });
-    for _ in 0..100 {
         if TcpStream::connect(backend).await.is_ok() {
+            up = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !up {
+        listening.abort();
+        panic!("libunftp did not start on {backend}: {:?}", listening.await);
     }
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(front.run(async move {
