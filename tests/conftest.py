@@ -38,10 +38,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (bind to 0, outgoing connections)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port_range(count: int = 20) -> tuple[int, int]:
-    """A run of `count` ports that are free right now."""
+    """A run of `count` ports that are free right now, outside the kernel's ephemeral range so
+    that no port from free_port() (a server's listen port) or a client's socket can fall in it."""
+    lo, hi = ephemeral_ports()
+    start, end = (1024, lo) if lo - 1024 >= count * 10 else (hi + 1, 65536)
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(start, end - count)
         ok = True
         for p in range(base, base + count):
             with socket.socket() as s:

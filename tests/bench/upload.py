@@ -11,6 +11,7 @@ Needs release builds: cargo build --release -p ftpd --example plain_libunftp; an
 
 import argparse
 import ftplib
+import os
 import socket
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ import time
 import zlib
 from pathlib import Path
 
-from servers import CpuMeter, Ftpd, PlainLibunftp, Vsftpd
+from servers import CLK_TCK, CpuMeter, Ftpd, PlainLibunftp, Vsftpd
 
 
 def make_file(path: Path, mib: int) -> None:
@@ -32,10 +33,18 @@ def make_file(path: Path, mib: int) -> None:
             f.write(block[i % 256 :] + block[: i % 256])
 
 
+def system_busy() -> float:
+    """Busy CPU seconds of the whole machine (every process and kernel thread), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
 def upload(server, src: Path, name: str) -> tuple[float, float]:
+    """Wall seconds of the curl upload and CPU seconds of the server's process tree."""
     target = server.file(name)
     if target.exists():
         target.unlink()
+    os.sync()
     meter = CpuMeter(server)
     t0 = time.perf_counter()
     subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
@@ -43,6 +52,23 @@ def upload(server, src: Path, name: str) -> tuple[float, float]:
     cpu = meter.stop()
     assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
     return wall, cpu
+
+
+def upload_to_disk(server, src: Path, name: str) -> tuple[float, float]:
+    """Wall seconds until the upload is on disk (curl, then sync(2)) and busy CPU seconds of the
+    whole machine in that window: a server that leaves its writeback to the kernel's flusher
+    threads pays for it here, as ftpd, which fsyncs before 226, pays in its own process."""
+    target = server.file(name)
+    if target.exists():
+        target.unlink()
+    os.sync()
+    time.sleep(0.2)
+    busy0, t0 = system_busy(), time.perf_counter()
+    subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
+    os.sync()
+    wall, busy = time.perf_counter() - t0, system_busy() - busy0
+    assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
+    return wall, busy
 
 
 def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
@@ -120,11 +146,13 @@ def main() -> int:
     servers[3].name = "ftpd (durability=none)"
     try:
         results = {s.name: [] for s in servers}
+        on_disk = {s.name: [] for s in servers}
         for r in range(args.rounds):
             for s in servers:
-                wall, cpu = upload(s, src, f"bench{r}.bin")
-                results[s.name].append((wall, cpu))
+                results[s.name].append(upload(s, src, f"bench{r}.bin"))
                 (s.file(f"bench{r}.bin")).unlink()
+                on_disk[s.name].append(upload_to_disk(s, src, f"disk{r}.bin"))
+                (s.file(f"disk{r}.bin")).unlink()
         gib = args.size_mib / 1024
         print(f"\nUpload of {args.size_mib} MiB with curl, {args.rounds} interleaved rounds, files in {args.dir}")
         print(f"{'server':26} {'MiB/s':>8} {'CPU-s/GiB':>10} {'thr/vsftpd':>11} {'cpu/vsftpd':>11} {'thr/libunftp':>13}")
@@ -136,6 +164,18 @@ def main() -> int:
         for name, (thr, cpu) in med.items():
             v, p = med["vsftpd"], med["libunftp"]
             print(f"{name:26} {thr:8.0f} {cpu:10.2f} {thr / v[0]:10.2f}x {cpu / v[1]:10.2f}x {thr / p[0]:12.2f}x")
+
+        print("\nThe same uploads followed by sync(2): until the bytes are on disk, whole-machine CPU")
+        print("(client, server, kernel flusher threads), so every server pays for its writeback")
+        print(f"{'server':26} {'MiB/s':>8} {'CPU-s/GiB':>10} {'thr/vsftpd':>11} {'cpu/vsftpd':>11}")
+        dmed = {}
+        for name, rs in on_disk.items():
+            wall = statistics.median(w for w, _ in rs)
+            busy = statistics.median(c for _, c in rs)
+            dmed[name] = (args.size_mib / wall, busy / gib)
+        for name, (thr, cpu) in dmed.items():
+            v = dmed["vsftpd"]
+            print(f"{name:26} {thr:8.0f} {cpu:10.2f} {thr / v[0]:10.2f}x {cpu / v[1]:10.2f}x")
 
         if not args.skip_latency:
             lat = key_info_latency(servers[3])
