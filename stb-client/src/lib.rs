@@ -36,7 +36,7 @@ pub use decision::{Decision, LocalFile, Prefix, Reason};
 pub use driver::{
     upload, AttemptError, Buffers, Network, Observer, RetryPolicy, Sleep, UploadError,
 };
-pub use local::{digest, ReadAt, SliceFile};
+pub use local::{crc_span_sequential, digest, ReadAt, SliceFile, Span};
 pub use pasv::PasvAddr;
 pub use reply::{Line, LineReader, ReplyParser};
 pub use session::{Command, Config, KeyForm, Outcome, Session, SessionError, Step};

@@ -7,7 +7,7 @@
 use crate::decision::{LocalFile, Prefix};
 use core::convert::Infallible;
 use core::fmt;
-use crc_tools::Crc32;
+use crc_tools::{combine, Crc32};
 
 /// A file that can be read at any offset (`pread`), so retries need no seeking state.
 pub trait ReadAt {
@@ -16,6 +16,21 @@ pub trait ReadAt {
 
     /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` means end of file.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error>;
+
+    /// The CRC of the bytes from `start` up to `start + max` or the end of the file, whichever
+    /// comes first, read through `buf`; `progress` gets the bytes done so far.
+    ///
+    /// The default reads in order ([`crc_span_sequential`]); a file on a system with threads
+    /// may read several parts at once and join their CRCs.
+    fn crc_span(
+        &mut self,
+        start: u64,
+        max: Option<u64>,
+        buf: &mut [u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Span, Self::Error> {
+        crc_span_sequential(self, start, max, buf, progress)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &mut T {
@@ -24,6 +39,66 @@ impl<T: ReadAt + ?Sized> ReadAt for &mut T {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error> {
         (**self).read_at(offset, buf)
     }
+
+    fn crc_span(
+        &mut self,
+        start: u64,
+        max: Option<u64>,
+        buf: &mut [u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Span, Self::Error> {
+        (**self).crc_span(start, max, buf, progress)
+    }
+}
+
+/// Length and CRC of a run of bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Bytes covered.
+    pub len: u64,
+    /// Their CRC-32.
+    pub crc: u32,
+}
+
+impl Span {
+    /// This run followed by `next`: CRCs join without reading either run again.
+    pub fn then(self, next: Span) -> Span {
+        Span {
+            len: self.len + next.len,
+            crc: combine(self.crc, next.crc, next.len),
+        }
+    }
+}
+
+/// [`ReadAt::crc_span`] in one pass, in order: the whole of `buf` per read, nothing else.
+/// An empty `buf` reads nothing.
+pub fn crc_span_sequential<R: ReadAt + ?Sized>(
+    file: &mut R,
+    start: u64,
+    max: Option<u64>,
+    buf: &mut [u8],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Span, R::Error> {
+    let mut crc = Crc32::new();
+    loop {
+        let want = match max {
+            Some(m) => clamp(buf.len(), m - crc.len()),
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let n = file.read_at(start + crc.len(), &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n.min(want)]);
+        progress(crc.len());
+    }
+    Ok(Span {
+        len: crc.len(),
+        crc: crc.value(),
+    })
 }
 
 /// Bytes in memory seen as a file.
@@ -69,6 +144,7 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for DigestError<E> {}
 
 /// Length and CRC of the local file, plus the CRC of its first `prefix_at` bytes.
 ///
+/// The file is read once: up to `prefix_at`, then on to the end, the two CRCs joined.
 /// `known` is a `(len, crc)` pair from an earlier pass: then only the prefix is read, and
 /// not even that when it is empty or the whole file. The prefix is `None` when `prefix_at`
 /// is beyond the end of the file. `progress` gets the number of bytes read so far.
@@ -84,71 +160,49 @@ pub fn digest<R: ReadAt>(
             None => None,
             Some(s) if s > len => None,
             Some(s) if s == len => Some(Prefix { len, crc }),
-            Some(s) => Some(Prefix {
-                len: s,
-                crc: crc_of_prefix(file, buf, s, &mut progress)?,
-            }),
+            Some(0) => Some(Prefix { len: 0, crc: 0 }),
+            Some(s) => {
+                if buf.is_empty() {
+                    return Err(DigestError::EmptyBuffer);
+                }
+                let head = file
+                    .crc_span(0, Some(s), buf, &mut progress)
+                    .map_err(DigestError::Read)?;
+                if head.len < s {
+                    return Err(DigestError::Shrunk);
+                }
+                Some(Prefix {
+                    len: s,
+                    crc: head.crc,
+                })
+            }
         };
         return Ok(LocalFile { len, crc, prefix });
     }
     if buf.is_empty() {
         return Err(DigestError::EmptyBuffer);
     }
-    let mut crc = Crc32::new();
-    let mut prefix = None;
-    loop {
-        let pos = crc.len();
-        if prefix_at == Some(pos) {
-            prefix = Some(Prefix {
-                len: pos,
-                crc: crc.value(),
-            });
-        }
-        // Stop a read at the prefix boundary, so the running value is noted exactly there.
-        let want = match prefix_at {
-            Some(s) if s > pos => clamp(buf.len(), s - pos),
-            _ => buf.len(),
-        };
-        let n = file
-            .read_at(pos, &mut buf[..want])
-            .map_err(DigestError::Read)?;
-        if n == 0 {
-            return Ok(LocalFile {
-                len: pos,
-                crc: crc.value(),
-                prefix,
-            });
-        }
-        crc.update(&buf[..n.min(want)]);
-        progress(crc.len());
+    let s = prefix_at.unwrap_or(0);
+    let head = file
+        .crc_span(0, Some(s), buf, &mut progress)
+        .map_err(DigestError::Read)?;
+    if head.len < s {
+        // The file ends before the prefix: `head` is all of it.
+        return Ok(LocalFile {
+            len: head.len,
+            crc: head.crc,
+            prefix: None,
+        });
     }
-}
-
-fn crc_of_prefix<R: ReadAt>(
-    file: &mut R,
-    buf: &mut [u8],
-    s: u64,
-    progress: &mut impl FnMut(u64),
-) -> Result<u32, DigestError<R::Error>> {
-    if s == 0 {
-        return Ok(0);
-    }
-    if buf.is_empty() {
-        return Err(DigestError::EmptyBuffer);
-    }
-    let mut crc = Crc32::new();
-    while crc.len() < s {
-        let want = clamp(buf.len(), s - crc.len());
-        let n = file
-            .read_at(crc.len(), &mut buf[..want])
-            .map_err(DigestError::Read)?;
-        if n == 0 {
-            return Err(DigestError::Shrunk);
-        }
-        crc.update(&buf[..n.min(want)]);
-        progress(crc.len());
-    }
-    Ok(crc.value())
+    let tail = file
+        .crc_span(s, None, buf, &mut |n| progress(s + n))
+        .map_err(DigestError::Read)?;
+    let whole = head.then(tail);
+    Ok(LocalFile {
+        len: whole.len,
+        crc: whole.crc,
+        prefix: prefix_at.map(|len| Prefix { len, crc: head.crc }),
+    })
 }
 
 /// `min(len, remaining)` as a buffer length.

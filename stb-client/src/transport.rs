@@ -2,7 +2,7 @@
 //! file through positioned reads, and back-off through `thread::sleep`.
 
 use crate::driver::{Network, Sleep};
-use crate::local::ReadAt;
+use crate::local::{crc_span_sequential, ReadAt, Span};
 use crate::pasv::PasvAddr;
 use embedded_io_adapters::std::FromStd;
 use std::fs::File;
@@ -100,8 +100,73 @@ impl Network for TcpNetwork {
 }
 
 /// A local file read with positioned reads (no shared cursor).
+///
+/// Its digest may read several parts of the file at once, on threads, each through its own
+/// slice of the caller's buffer: on Linux the copy out of the page cache, not the CRC, is what
+/// a digest pass costs, and it scales with cores while memory use stays the buffer's.
 #[derive(Debug)]
-pub struct StdFile(pub File);
+pub struct StdFile {
+    file: File,
+    digest_threads: usize,
+}
+
+/// Spans shorter than this are digested on the calling thread alone.
+const PARALLEL_DIGEST_MIN: u64 = 8 << 20;
+
+impl StdFile {
+    /// A file digested on the calling thread only.
+    pub fn new(file: File) -> Self {
+        StdFile {
+            file,
+            digest_threads: 1,
+        }
+    }
+
+    /// Digests with up to `threads` threads (the calling one included; 0 counts as 1).
+    pub fn with_digest_threads(mut self, threads: usize) -> Self {
+        self.digest_threads = threads.max(1);
+        self
+    }
+}
+
+/// Reads exactly `[start, end)` through `buf`, adding each read's length to `done`.
+#[cfg(unix)]
+fn crc_part(
+    file: &File,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    done: &std::sync::atomic::AtomicU64,
+    mut progress: Option<&mut dyn FnMut(u64)>,
+) -> io::Result<Span> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+    let mut crc = crc_tools::Crc32::new();
+    let mut pos = start;
+    while pos < end {
+        let want = crate::local::clamp(buf.len(), end - pos);
+        let n = match file.read_at(&mut buf[..want], pos) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the local file became shorter while being read",
+            ));
+        }
+        crc.update(&buf[..n]);
+        pos += n as u64;
+        let total = done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some(p) = progress.as_mut() {
+            p(total);
+        }
+    }
+    Ok(Span {
+        len: crc.len(),
+        crc: crc.value(),
+    })
+}
 
 impl ReadAt for StdFile {
     type Error = io::Error;
@@ -110,7 +175,7 @@ impl ReadAt for StdFile {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
         loop {
-            match self.0.read_at(buf, offset) {
+            match self.file.read_at(buf, offset) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
             }
@@ -120,8 +185,72 @@ impl ReadAt for StdFile {
     #[cfg(not(unix))]
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::io::{Read, Seek, SeekFrom};
-        self.0.seek(SeekFrom::Start(offset))?;
-        self.0.read(buf)
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read(buf)
+    }
+
+    #[cfg(unix)]
+    fn crc_span(
+        &mut self,
+        start: u64,
+        max: Option<u64>,
+        buf: &mut [u8],
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<Span> {
+        use std::sync::atomic::AtomicU64;
+        let file_len = self.file.metadata()?.len();
+        let end = match max {
+            Some(m) => file_len.min(start.saturating_add(m)),
+            None => file_len,
+        };
+        let len = end.saturating_sub(start);
+        let threads = self.digest_threads;
+        let chunk = buf.len() / threads;
+        if threads == 1 || len < PARALLEL_DIGEST_MIN || chunk < 4096 {
+            return crc_span_sequential(self, start, max, buf, progress);
+        }
+        let part = len.div_ceil(threads as u64);
+        let done = AtomicU64::new(0);
+        let file = &self.file;
+        let mut whole = std::thread::scope(|scope| -> io::Result<Span> {
+            let mut bufs = buf.chunks_exact_mut(chunk);
+            let mut handles = Vec::with_capacity(threads - 1);
+            let mut mine = None;
+            for i in 0..threads as u64 {
+                let (s, e) = (
+                    (start + i * part).min(end),
+                    (start + (i + 1) * part).min(end),
+                );
+                let Some(b) = bufs.next() else { break };
+                if i == 0 {
+                    mine = Some((s, e, b));
+                } else {
+                    let done = &done;
+                    handles.push(scope.spawn(move || crc_part(file, s, e, b, done, None)));
+                }
+            }
+            let mut whole = match mine {
+                Some((s, e, b)) => crc_part(file, s, e, b, &done, Some(&mut *progress))?,
+                None => Span::default(),
+            };
+            for h in handles {
+                let span = h
+                    .join()
+                    .map_err(|_| io::Error::other("a digest thread panicked"))??;
+                whole = whole.then(span);
+            }
+            Ok(whole)
+        })?;
+        // The file may have grown since its length was taken: read on, as a sequential pass would.
+        let rest = crc_span_sequential(
+            self,
+            start + whole.len,
+            max.map(|m| m - whole.len),
+            buf,
+            &mut |n| progress(whole.len + n),
+        )?;
+        whole = whole.then(rest);
+        Ok(whole)
     }
 }
 
@@ -132,5 +261,92 @@ pub struct ThreadSleep;
 impl Sleep for ThreadSleep {
     fn sleep_ms(&mut self, ms: u32) {
         std::thread::sleep(Duration::from_millis(u64::from(ms)));
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crc_tools::crc32;
+    use std::io::Write;
+
+    /// A file of `len` varied bytes in the temp directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(tag: &str, data: &[u8]) -> io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("stb-{tag}-{}", std::process::id()));
+            File::create(&path)?.write_all(data)?;
+            Ok(TempFile(path))
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4099) as u8).collect()
+    }
+
+    #[test]
+    fn parallel_digest_equals_the_one_pass_crc() -> io::Result<()> {
+        let d = data((PARALLEL_DIGEST_MIN as usize) * 2 + 12_345);
+        let tmp = TempFile::new("par", &d)?;
+        let len = d.len() as u64;
+        let cases = [
+            (0, None),
+            (0, Some(len)),
+            (0, Some(len + 1)),
+            (1, None),
+            (3_000_001, Some(PARALLEL_DIGEST_MIN + 17)),
+            (len - 5, None),
+            (len, None),
+            (len + 10, None),
+        ];
+        for threads in [1, 2, 3, 4, 7] {
+            let mut file = StdFile::new(File::open(&tmp.0)?).with_digest_threads(threads);
+            let mut buf = vec![0u8; 128 << 10];
+            for (start, max) in cases {
+                let mut last = 0;
+                let got = file.crc_span(start, max, &mut buf, &mut |n| last = n)?;
+                let from = (start as usize).min(d.len());
+                let to = max.map_or(d.len(), |m| (from + m as usize).min(d.len()));
+                let want = &d[from..to];
+                assert_eq!(
+                    got,
+                    Span {
+                        len: want.len() as u64,
+                        crc: crc32(want)
+                    },
+                    "threads={threads} start={start} max={max:?}"
+                );
+                assert!(last <= got.len);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn digest_through_threads_gives_whole_and_prefix() -> io::Result<()> {
+        let d = data((PARALLEL_DIGEST_MIN as usize) * 3);
+        let tmp = TempFile::new("digest", &d)?;
+        let mut file = StdFile::new(File::open(&tmp.0)?).with_digest_threads(4);
+        let mut buf = vec![0u8; 64 << 10];
+        let s = 10_000_019u64;
+        let got = crate::digest(&mut file, &mut buf, Some(s), None, |_| {})
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        assert_eq!(got.len, d.len() as u64);
+        assert_eq!(got.crc, crc32(&d));
+        assert_eq!(
+            got.prefix,
+            Some(crate::Prefix {
+                len: s,
+                crc: crc32(&d[..s as usize])
+            })
+        );
+        Ok(())
     }
 }

@@ -76,7 +76,7 @@ fn run(
     let mut slept = Vec::new();
     let result = upload(
         &mut net,
-        &mut StdFile(file),
+        &mut StdFile::new(file),
         Config::new(USER, PASSWORD, PATH),
         policy,
         Buffers {
@@ -212,7 +212,7 @@ fn wrong_password_is_not_retried() {
     );
     let e = upload(
         &mut net,
-        &mut StdFile(file),
+        &mut StdFile::new(file),
         Config::new(USER, "wrong", PATH),
         RetryPolicy::default(),
         Buffers {
@@ -239,7 +239,7 @@ fn nothing_listening_exhausts_the_retries() {
     let mut waits = Vec::new();
     let e = upload(
         &mut net,
-        &mut StdFile(file),
+        &mut StdFile::new(file),
         Config::new(USER, PASSWORD, PATH),
         RetryPolicy {
             retries: 3,

@@ -83,6 +83,11 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     buffer_kib: u32,
 
+    /// Threads that read the local file for its CRC before the upload (default: the number of
+    /// CPUs, at most 4; 1 reads it in one pass)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    hash_threads: Option<u32>,
+
     /// Print the FTP dialogue on standard error (the password masked)
     #[arg(short, long)]
     verbose: bool,
@@ -274,7 +279,7 @@ fn run(cli: &Cli, tty: bool) -> Result<(Report, String), CliError> {
     let mut ui = ui::Ui::new(tty, cli.verbose, meta.len());
     let result = upload(
         &mut net,
-        &mut StdFile(file),
+        &mut StdFile::new(file).with_digest_threads(hash_threads(cli)),
         cfg,
         policy,
         bufs,
@@ -284,6 +289,15 @@ fn run(cli: &Cli, tty: bool) -> Result<(Report, String), CliError> {
     ui.finish();
     let report = result.map_err(CliError::Upload)?;
     Ok((report, remote))
+}
+
+/// The digest threads: as asked, else one per CPU up to 4 (more rarely helps: memory
+/// bandwidth, not CPU, bounds reading a file out of the page cache).
+fn hash_threads(cli: &Cli) -> usize {
+    match cli.hash_threads {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+    }
 }
 
 fn summary(report: &Report, remote: &str) -> String {
