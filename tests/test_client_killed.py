@@ -2,6 +2,7 @@
 server keeps the declared KEY and the bytes it stored, and the resumed file is byte-identical
 and verified."""
 
+import ftplib
 import io
 import random
 import signal
@@ -123,3 +124,36 @@ def test_python_client_killed_mid_upload_then_resumed_with_rest_and_stor(ftpd, t
     assert (i["state"], i["declared"], i["received-crc"]) == ("verified", key(crc32(data)), key(crc32(data)))
     f.quit()
     assert remote.read_bytes() == data
+
+
+def test_data_connection_reset_right_after_it_opened_still_gets_a_reply(ftpd):
+    """A link that dies just after the data connection opened: the client still gets a failure
+    reply on the control connection (the front must not pass the reset on before libunftp has
+    taken the connection in, or libunftp drops the transfer without a word), and the stored
+    bytes are recorded as a partial file. The seed's resume dialogue, 20 times over."""
+    import socket
+
+    data = bytes(range(256)) * 1024
+    crc = key(crc32(data))
+    for i in range(20):
+        f = ftpd.ftp(timeout=15)
+        size = 0 if i == 0 else int(f.sendcmd("SIZE rec.ts").split()[1])
+        assert size == i, f"attempt {i}"
+        if i:
+            assert f.sendcmd("KEY NULL") == f"230 {crc}"
+        else:
+            f.sendcmd(f"KEY {crc}")
+        f.voidcmd("TYPE I")
+        conn = f.transfercmd("STOR rec.ts", rest=size or None)
+        conn.sendall(data[size : size + 1])
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+        try:
+            resp = f.voidresp()
+        except (ftplib.error_temp, ftplib.error_perm) as e:
+            resp = str(e)
+        assert resp[:1] in "45", f"attempt {i}: {resp}"
+        f.close()
+    f = ftpd.ftp()
+    assert info(f, "rec.ts")["state"] == "partial"
+    f.quit()

@@ -28,7 +28,7 @@ def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
     """Round trips and median seconds from connect to the first byte of a resumed STOR."""
     data = bytes(range(256)) * 4096
     crc = "0x%08X" % (zlib.crc32(data) & 0xFFFFFFFF)
-    f = ftplib.FTP()
+    f = ftplib.FTP(timeout=30)
     f.connect("127.0.0.1", srv.port)
     f.login(srv.user, srv.password)
     f.sendcmd(f"KEY {crc}")
@@ -44,7 +44,7 @@ def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
     times, trips = [], 0
     for _ in range(runs):
         t0 = time.perf_counter()
-        g = ftplib.FTP()
+        g = ftplib.FTP(timeout=30)
         g.connect("127.0.0.1", srv.port)  # 1: connect + greeting
         g.login(srv.user, srv.password)  # 2, 3: USER, PASS
         size = int(g.sendcmd("SIZE rec.ts").split()[1])  # 4

@@ -49,8 +49,9 @@ class Server:
         return f"ftp://{self.user}:{self.password}@127.0.0.1:{self.port}/{d}{name}"
 
     def tree_cpu(self) -> dict[int, float]:
-        """CPU seconds (user + system, with reaped children) of each live process in the
-        server's tree."""
+        """CPU seconds (user + system) of each live process in the server's tree. Its own
+        time only: a child's time also shows in its parent's once reaped, and the child is
+        counted by its own samples."""
         assert self.proc is not None
         stats = {}
         for p in Path("/proc").iterdir():
@@ -59,7 +60,7 @@ class Server:
                     fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                stats[int(p.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / CLK_TCK)
+                stats[int(p.name)] = (int(fields[1]), sum(int(x) for x in fields[11:13]) / CLK_TCK)
         tree, todo = set(), [self.proc.pid]
         while todo:
             pid = todo.pop()

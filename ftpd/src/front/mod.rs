@@ -50,7 +50,9 @@
 //!   connection is closed; a line not finished within [`FrontConfig::line_timeout`] gets `421`
 //!   and is closed. A control connection holds at most one unfinished line (`max_line`); an idle
 //!   one holds no buffer at all (reads wait for readiness first and copy only what arrived).
-//!   Data connections are spliced through fixed buffers, never stored.
+//!   Data connections are relayed by `splice(2)` through a pipe per direction on Linux (the
+//!   bytes are never copied into the front; at most 1 MiB per direction is in flight), through
+//!   fixed 256 KiB buffers elsewhere.
 //! * After `AUTH TLS`/`AUTH SSL` is answered `234` the control channel is TLS and the front relays
 //!   it as raw bytes: bare `KEY` then no longer works (`SITE KEY` does), and login results inside
 //!   TLS sessions are not seen, so they are not counted (a blocked address is still refused when
@@ -67,6 +69,8 @@ mod line;
 mod proxy_header;
 mod relay;
 mod reply;
+#[cfg(target_os = "linux")]
+mod splice;
 mod throttle;
 
 use throttle::LoginThrottle;

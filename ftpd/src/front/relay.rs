@@ -559,21 +559,17 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
             return;
         }
     };
-    // One fixed buffer per direction (large enough for full-speed uploads); half-closes are
-    // forwarded, so a clean end stays a clean end.
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut server,
-        DATA_BUFFER,
-        DATA_BUFFER,
-    )
-    .await
-    {
+    let connected = Instant::now();
+    match relay_data(&mut client, &mut server).await {
         Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "data connection done"),
         Err(e) => {
             // A connection that broke must not look finished to the other side: a reset link
             // would otherwise reach libunftp as a clean end of the upload. Reset both.
             tracing::debug!(error = %e, "data connection broke; resetting both sides");
+            // libunftp reads the accepted socket's peer address before anything else and, if
+            // that fails (a reset socket has none), drops the transfer without any reply, which
+            // leaves the client waiting. A reset that comes very early waits a little first.
+            tokio::time::sleep_until(connected + EARLY_RESET_DELAY).await;
             #[allow(deprecated)]
             for s in [&client, &server] {
                 let _ = s.set_linger(Some(std::time::Duration::ZERO));
@@ -582,8 +578,22 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
     }
 }
 
-/// Bytes buffered per direction of a data connection.
-const DATA_BUFFER: usize = 256 * 1024;
+/// How long after its back-end connection was made a data connection may be reset.
+const EARLY_RESET_DELAY: Duration = Duration::from_millis(500);
+
+/// Relays a data connection both ways; half-closes are forwarded, so a clean end stays a
+/// clean end.
+#[cfg(target_os = "linux")]
+async fn relay_data(client: &mut TcpStream, server: &mut TcpStream) -> io::Result<(u64, u64)> {
+    super::splice::relay(client, server).await
+}
+
+/// Relays a data connection both ways through one fixed buffer per direction.
+#[cfg(not(target_os = "linux"))]
+async fn relay_data(client: &mut TcpStream, server: &mut TcpStream) -> io::Result<(u64, u64)> {
+    const DATA_BUFFER: usize = 256 * 1024;
+    tokio::io::copy_bidirectional_with_sizes(client, server, DATA_BUFFER, DATA_BUFFER).await
+}
 
 #[cfg(test)]
 mod tests {
