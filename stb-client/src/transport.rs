@@ -129,6 +129,25 @@ impl StdFile {
     }
 }
 
+/// A shared file handle read with `pread`: what each digest thread reads through.
+#[cfg(unix)]
+struct Positioned<'f>(&'f File);
+
+#[cfg(unix)]
+impl ReadAt for Positioned<'_> {
+    type Error = io::Error;
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            match self.0.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
 /// Reads exactly `[start, end)` through `buf`, adding each read's length to `done`.
 #[cfg(unix)]
 fn crc_part(
@@ -139,33 +158,28 @@ fn crc_part(
     done: &std::sync::atomic::AtomicU64,
     mut progress: Option<&mut dyn FnMut(u64)>,
 ) -> io::Result<Span> {
-    use std::os::unix::fs::FileExt;
     use std::sync::atomic::Ordering;
-    let mut crc = crc_tools::Crc32::new();
-    let mut pos = start;
-    while pos < end {
-        let want = crate::local::clamp(buf.len(), end - pos);
-        let n = match file.read_at(&mut buf[..want], pos) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => r?,
-        };
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the local file became shorter while being read",
-            ));
-        }
-        crc.update(&buf[..n]);
-        pos += n as u64;
-        let total = done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if let Some(p) = progress.as_mut() {
-            p(total);
-        }
+    let mut counted = 0;
+    let span = crc_span_sequential(
+        &mut Positioned(file),
+        start,
+        Some(end - start),
+        buf,
+        &mut |n| {
+            let total = done.fetch_add(n - counted, Ordering::Relaxed) + (n - counted);
+            counted = n;
+            if let Some(p) = progress.as_mut() {
+                p(total);
+            }
+        },
+    )?;
+    if span.len < end - start {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the local file became shorter while being read",
+        ));
     }
-    Ok(Span {
-        len: crc.len(),
-        crc: crc.value(),
-    })
+    Ok(span)
 }
 
 impl ReadAt for StdFile {
@@ -173,13 +187,7 @@ impl ReadAt for StdFile {
 
     #[cfg(unix)]
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        loop {
-            match self.file.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        Positioned(&self.file).read_at(offset, buf)
     }
 
     #[cfg(not(unix))]
