@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 from servers import Ftpd
-from upload import idle_session_rss, make_file, upload
+from upload import idle_session_rss, make_file, per_gib, upload
 
 
 def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
@@ -88,11 +88,10 @@ def main() -> int:
             for s in servers:
                 res[s.name].append(upload(s, src, f"b{r}.bin"))
                 s.file(f"b{r}.bin").unlink()
-        med = {n: (args.size_mib / statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for n, v in res.items()}
-        gib = args.size_mib / 1024
+        med = per_gib(res, args.size_mib)
         print(f"\nUpload of {args.size_mib} MiB with curl, {args.rounds} interleaved rounds (durability none)")
         for n, (thr, cpu) in med.items():
-            print(f"  {n:10} {thr:8.0f} MiB/s   {cpu / gib:6.2f} CPU-s/GiB")
+            print(f"  {n:10} {thr:8.0f} MiB/s   {cpu:6.2f} CPU-s/GiB")
         (t_on, c_on), (t_off, c_off) = med["front on"], med["front off"]
         print(f"  front on / off: throughput {t_on / t_off:.2f}x, CPU {c_on / c_off:.2f}x")
 

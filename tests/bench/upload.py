@@ -39,36 +39,48 @@ def system_busy() -> float:
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
-def upload(server, src: Path, name: str) -> tuple[float, float]:
-    """Wall seconds of the curl upload and CPU seconds of the server's process tree."""
+def fresh_target(server, name: str) -> Path:
+    """The server's path for `name`, removed, with earlier writes flushed so they cost nothing."""
     target = server.file(name)
     if target.exists():
         target.unlink()
     os.sync()
+    return target
+
+
+def curl_upload(server, src: Path, name: str, target: Path) -> None:
+    subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
+    assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
+
+
+def upload(server, src: Path, name: str) -> tuple[float, float]:
+    """Wall seconds of the curl upload and CPU seconds of the server's process tree."""
+    target = fresh_target(server, name)
     meter = CpuMeter(server)
     t0 = time.perf_counter()
-    subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
+    curl_upload(server, src, name, target)
     wall = time.perf_counter() - t0
-    cpu = meter.stop()
-    assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
-    return wall, cpu
+    return wall, meter.stop()
 
 
 def upload_to_disk(server, src: Path, name: str) -> tuple[float, float]:
     """Wall seconds until the upload is on disk (curl, then sync(2)) and busy CPU seconds of the
     whole machine in that window: a server that leaves its writeback to the kernel's flusher
     threads pays for it here, as ftpd, which fsyncs before 226, pays in its own process."""
-    target = server.file(name)
-    if target.exists():
-        target.unlink()
-    os.sync()
+    target = fresh_target(server, name)
     time.sleep(0.2)
     busy0, t0 = system_busy(), time.perf_counter()
-    subprocess.run(["curl", "-sS", "--fail", "-T", str(src), server.url(name)], check=True)
+    curl_upload(server, src, name, target)
     os.sync()
-    wall, busy = time.perf_counter() - t0, system_busy() - busy0
-    assert target.stat().st_size == src.stat().st_size, f"{server.name}: short file"
-    return wall, busy
+    return time.perf_counter() - t0, system_busy() - busy0
+
+
+def per_gib(rows: dict, size_mib: int) -> dict:
+    """Median MiB/s and median CPU seconds per GiB of each server's (wall, cpu) rounds."""
+    return {
+        name: (size_mib / statistics.median(w for w, _ in rs), statistics.median(c for _, c in rs) * 1024 / size_mib)
+        for name, rs in rows.items()
+    }
 
 
 def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
@@ -153,14 +165,9 @@ def main() -> int:
                 (s.file(f"bench{r}.bin")).unlink()
                 on_disk[s.name].append(upload_to_disk(s, src, f"disk{r}.bin"))
                 (s.file(f"disk{r}.bin")).unlink()
-        gib = args.size_mib / 1024
         print(f"\nUpload of {args.size_mib} MiB with curl, {args.rounds} interleaved rounds, files in {args.dir}")
         print(f"{'server':26} {'MiB/s':>8} {'CPU-s/GiB':>10} {'thr/vsftpd':>11} {'cpu/vsftpd':>11} {'thr/libunftp':>13}")
-        med = {}
-        for name, rs in results.items():
-            wall = statistics.median(w for w, _ in rs)
-            cpu = statistics.median(c for _, c in rs)
-            med[name] = (args.size_mib / wall, cpu / gib)
+        med = per_gib(results, args.size_mib)
         for name, (thr, cpu) in med.items():
             v, p = med["vsftpd"], med["libunftp"]
             print(f"{name:26} {thr:8.0f} {cpu:10.2f} {thr / v[0]:10.2f}x {cpu / v[1]:10.2f}x {thr / p[0]:12.2f}x")
@@ -168,11 +175,7 @@ def main() -> int:
         print("\nThe same uploads followed by sync(2): until the bytes are on disk, whole-machine CPU")
         print("(client, server, kernel flusher threads), so every server pays for its writeback")
         print(f"{'server':26} {'MiB/s':>8} {'CPU-s/GiB':>10} {'thr/vsftpd':>11} {'cpu/vsftpd':>11}")
-        dmed = {}
-        for name, rs in on_disk.items():
-            wall = statistics.median(w for w, _ in rs)
-            busy = statistics.median(c for _, c in rs)
-            dmed[name] = (args.size_mib / wall, busy / gib)
+        dmed = per_gib(on_disk, args.size_mib)
         for name, (thr, cpu) in dmed.items():
             v = dmed["vsftpd"]
             print(f"{name:26} {thr:8.0f} {cpu:10.2f} {thr / v[0]:10.2f}x {cpu / v[1]:10.2f}x")
