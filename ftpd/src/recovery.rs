@@ -8,10 +8,9 @@
 use crate::paths;
 use crate::record::{FileId, Record};
 use crate::store::{RecordStore, StoreError};
-use crate::upload::crc_of_prefix;
-use crc_tools::{combine, Crc32, State};
+use crate::upload::{crc_of_prefix, crc_of_range};
+use crc_tools::{combine, State};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -21,26 +20,6 @@ pub struct Report {
     pub reconciled: usize,
     pub removed: usize,
     pub bytes_read: u64,
-}
-
-/// CRC of `file` bytes `[from, to)`.
-fn crc_of_range(file: &std::fs::File, from: u64, to: u64) -> io::Result<u32> {
-    let mut crc = Crc32::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = from;
-    while pos < to {
-        let want = buf.len().min((to - pos) as usize);
-        let n = file.read_at(&mut buf[..want], pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being read",
-            ));
-        }
-        crc.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Ok(crc.value())
 }
 
 /// Brings every open record in line with its file under `root/<user>/`.

@@ -104,11 +104,16 @@ async fn blocking<T: Send + 'static>(
 
 /// CRC of the first `len` bytes of `file`.
 pub fn crc_of_prefix(file: &std::fs::File, len: u64) -> io::Result<u32> {
+    crc_of_range(file, 0, len)
+}
+
+/// CRC of `file` bytes `[from, to)`, read through one 1 MiB buffer.
+pub fn crc_of_range(file: &std::fs::File, from: u64, to: u64) -> io::Result<u32> {
     let mut crc = Crc32::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < len {
-        let want = buf.len().min((len - pos) as usize);
+    let mut pos = from;
+    while pos < to {
+        let want = buf.len().min((to - pos) as usize);
         let n = file.read_at(&mut buf[..want], pos)?;
         if n == 0 {
             return Err(io::Error::new(
