@@ -39,12 +39,19 @@ def system_busy() -> float:
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
+SETTLE = 1.5  # seconds
+
+
 def fresh_target(server, name: str) -> Path:
-    """The server's path for `name`, removed, with earlier writes flushed so they cost nothing."""
+    """The server's path for `name`, removed, with earlier writes flushed so they cost nothing.
+    The pause lets the disk finish discarding the blocks of files removed just before (a
+    filesystem mounted with `discard` trims them after the sync): otherwise the upload measured
+    next pays for the previous server's file."""
     target = server.file(name)
     if target.exists():
         target.unlink()
     os.sync()
+    time.sleep(SETTLE)
     return target
 
 
