@@ -31,6 +31,22 @@ pub trait ReadAt {
     ) -> Result<Span, Self::Error> {
         crc_span_sequential(self, start, max, buf, progress)
     }
+
+    /// The whole file's length and CRC when they were computed ahead, e.g. by a thread that
+    /// started reading the file while the dialogue connected and logged in. The default has
+    /// none, and [`digest`] reads the file itself.
+    fn precomputed(&mut self) -> Result<Option<Span>, Self::Error> {
+        Ok(None)
+    }
+
+    /// The operating system's file behind this reader, if there is one: a network that can
+    /// send a file without copying it through memory ([`Network::send_file`]) needs it.
+    ///
+    /// [`Network::send_file`]: crate::driver::Network::send_file
+    #[cfg(feature = "std")]
+    fn os_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &mut T {
@@ -48,6 +64,15 @@ impl<T: ReadAt + ?Sized> ReadAt for &mut T {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Span, Self::Error> {
         (**self).crc_span(start, max, buf, progress)
+    }
+
+    fn precomputed(&mut self) -> Result<Option<Span>, Self::Error> {
+        (**self).precomputed()
+    }
+
+    #[cfg(feature = "std")]
+    fn os_file(&self) -> Option<&std::fs::File> {
+        (**self).os_file()
     }
 }
 
@@ -147,7 +172,8 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for DigestError<E> {}
 /// The file is read once: up to `prefix_at`, then on to the end, the two CRCs joined.
 /// `known` is a `(len, crc)` pair from an earlier pass: then only the prefix is read, and
 /// not even that when it is empty or the whole file. The prefix is `None` when `prefix_at`
-/// is beyond the end of the file. `progress` gets the number of bytes read so far.
+/// is beyond the end of the file. `progress` gets the number of bytes read so far. A digest
+/// the file [precomputed](ReadAt::precomputed) counts as `known`.
 pub fn digest<R: ReadAt>(
     file: &mut R,
     buf: &mut [u8],
@@ -155,6 +181,13 @@ pub fn digest<R: ReadAt>(
     known: Option<(u64, u32)>,
     mut progress: impl FnMut(u64),
 ) -> Result<LocalFile, DigestError<R::Error>> {
+    let known = match known {
+        Some(k) => Some(k),
+        None => file
+            .precomputed()
+            .map_err(DigestError::Read)?
+            .map(|s| (s.len, s.crc)),
+    };
     if let Some((len, crc)) = known {
         let prefix = match prefix_at {
             None => None,
@@ -301,6 +334,50 @@ mod tests {
             ),
             Err(DigestError::Shrunk)
         );
+    }
+
+    /// A file whose whole digest was computed ahead: only the prefix is read, and a failure
+    /// of the computation ahead is the digest's failure.
+    struct Ahead<'a>(SliceFile<'a>, Result<Option<Span>, Infallible>);
+
+    impl ReadAt for Ahead<'_> {
+        type Error = Infallible;
+
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Infallible> {
+            self.0.read_at(offset, buf)
+        }
+
+        fn precomputed(&mut self) -> Result<Option<Span>, Infallible> {
+            self.1
+        }
+    }
+
+    #[test]
+    fn precomputed_digest_counts_as_known() {
+        let d = data();
+        let whole = Span {
+            len: 1000,
+            crc: crc32(&d),
+        };
+        let mut buf = [0u8; 100];
+        let mut read = 0;
+        let mut file = Ahead(SliceFile(&d), Ok(Some(whole)));
+        let got = digest(&mut file, &mut buf, Some(250), None, |n| read = n).unwrap();
+        assert_eq!((got.len, got.crc), (whole.len, whole.crc));
+        assert_eq!(got.prefix.map(|p| p.crc), Some(crc32(&d[..250])));
+        assert_eq!(read, 250);
+        // A fresh upload (no prefix asked for) reads nothing at all.
+        let mut file = Ahead(SliceFile(&[]), Ok(Some(whole)));
+        let got = digest(&mut file, &mut buf, None, None, |_| {}).unwrap();
+        assert_eq!((got.len, got.crc, got.prefix), (1000, crc32(&d), None));
+        // An earlier attempt's digest wins over the precomputed one.
+        let mut file = Ahead(SliceFile(&[]), Ok(Some(Span { len: 1, crc: 1 })));
+        let got = digest(&mut file, &mut buf, None, Some((1000, 7)), |_| {}).unwrap();
+        assert_eq!((got.len, got.crc), (1000, 7));
+        // Nothing precomputed: the one pass as usual.
+        let mut file = Ahead(SliceFile(&d), Ok(None));
+        let got = digest(&mut file, &mut buf, None, None, |_| {}).unwrap();
+        assert_eq!((got.len, got.crc), (1000, crc32(&d)));
     }
 
     #[test]

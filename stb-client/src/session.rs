@@ -622,6 +622,39 @@ impl<'a> Session<'a> {
         Ok(out)
     }
 
+    /// Whether the server checks this upload against the declared CRC (`KEY` is in force), so
+    /// file bytes may go out without passing through the session: see [`Session::file_sent`].
+    pub fn server_verifies(&self) -> bool {
+        self.key_in_force
+    }
+
+    /// Counts `n` file bytes that went to the data connection straight from the file (e.g.
+    /// `sendfile(2)`), from the offset given by [`Step::Upload`]. Allowed only while the
+    /// [server verifies](Session::server_verifies) the upload, since the session cannot compare
+    /// bytes it never saw with the digest: a file changed since then ends in the server's
+    /// verification failure instead. `n == 0` means the file ended early.
+    pub fn file_sent(&mut self, n: u64) -> Result<(), SessionError> {
+        self.check()?;
+        self.pass_sent(n).map_err(|e| self.fail(e))
+    }
+
+    fn pass_sent(&mut self, n: u64) -> Result<(), SessionError> {
+        if self.phase != Phase::Transfer || !self.key_in_force {
+            return Err(SessionError::OutOfOrder);
+        }
+        let remaining = self.end - self.offset;
+        if n == 0 && remaining > 0 {
+            return Err(SessionError::LocalFileChanged);
+        }
+        if n > remaining {
+            return Err(SessionError::OutOfOrder);
+        }
+        self.running = None;
+        self.offset += n;
+        self.bytes_sent += n;
+        Ok(())
+    }
+
     /// The data connection was closed after [`Step::CloseData`].
     pub fn data_closed(&mut self) -> Result<(), SessionError> {
         self.check()?;

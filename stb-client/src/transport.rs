@@ -97,7 +97,31 @@ impl Network for TcpNetwork {
         // The FIN after the last byte is what tells the server the file is complete.
         data.into_inner().shutdown(Shutdown::Write)
     }
+
+    /// `sendfile(2)`: the page cache goes to the socket without a copy through the buffer,
+    /// which on loopback measured about 1.4x the throughput of reading and writing.
+    #[cfg(target_os = "linux")]
+    fn send_file(
+        &mut self,
+        data: &mut Self::Data,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Option<io::Result<usize>> {
+        let mut at = offset;
+        let count = usize::try_from(len).map_or(SENDFILE_MAX, |l| l.min(SENDFILE_MAX));
+        Some(loop {
+            match rustix::fs::sendfile(data.inner(), file, Some(&mut at), count) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r.map_err(io::Error::from),
+            }
+        })
+    }
 }
+
+/// Bytes per `sendfile(2)` call: progress is reported, and a cut counted, in steps this size.
+#[cfg(target_os = "linux")]
+const SENDFILE_MAX: usize = 4 << 20;
 
 /// A local file read with positioned reads (no shared cursor).
 ///
@@ -108,6 +132,8 @@ impl Network for TcpNetwork {
 pub struct StdFile {
     file: File,
     digest_threads: usize,
+    /// The whole-file digest started by [`StdFile::digest_ahead`], until it is collected.
+    ahead: Option<std::thread::JoinHandle<io::Result<Span>>>,
 }
 
 /// Spans shorter than this are digested on the calling thread alone.
@@ -119,6 +145,7 @@ impl StdFile {
         StdFile {
             file,
             digest_threads: 1,
+            ahead: None,
         }
     }
 
@@ -126,6 +153,21 @@ impl StdFile {
     pub fn with_digest_threads(mut self, threads: usize) -> Self {
         self.digest_threads = threads.max(1);
         self
+    }
+
+    /// Starts digesting the whole file now, on a thread with its own `buf_len`-byte buffer, so
+    /// that the CRC the `KEY` declaration needs is ready, or nearly, when the dialogue gets
+    /// there: connecting and logging in take tens of milliseconds of waiting on the server.
+    /// [`ReadAt::precomputed`] collects the result.
+    pub fn digest_ahead(mut self, buf_len: usize) -> io::Result<Self> {
+        let mut ahead =
+            StdFile::new(self.file.try_clone()?).with_digest_threads(self.digest_threads);
+        let buf_len = buf_len.max(1);
+        self.ahead = Some(std::thread::spawn(move || {
+            let mut buf = vec![0u8; buf_len];
+            ahead.crc_span(0, None, &mut buf, &mut |_| {})
+        }));
+        Ok(self)
     }
 }
 
@@ -260,6 +302,20 @@ impl ReadAt for StdFile {
         whole = whole.then(rest);
         Ok(whole)
     }
+
+    fn os_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
+    fn precomputed(&mut self) -> io::Result<Option<Span>> {
+        match self.ahead.take() {
+            None => Ok(None),
+            Some(h) => h
+                .join()
+                .map_err(|_| io::Error::other("the digest thread panicked"))?
+                .map(Some),
+        }
+    }
 }
 
 /// Back-off with `std::thread::sleep`.
@@ -333,6 +389,26 @@ mod tests {
                 );
                 assert!(last <= got.len);
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn digest_ahead_gives_the_same_whole_and_prefix() -> io::Result<()> {
+        let d = data((PARALLEL_DIGEST_MIN as usize) * 2 + 4_321);
+        let tmp = TempFile::new("ahead", &d)?;
+        for threads in [1, 3] {
+            let mut file = StdFile::new(File::open(&tmp.0)?)
+                .with_digest_threads(threads)
+                .digest_ahead(32 << 10)?;
+            let mut buf = vec![0u8; 64 << 10];
+            let s = 5_000_011u64;
+            let got = crate::digest(&mut file, &mut buf, Some(s), None, |_| {})
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            assert_eq!((got.len, got.crc), (d.len() as u64, crc32(&d)));
+            assert_eq!(got.prefix.map(|p| p.crc), Some(crc32(&d[..s as usize])));
+            // Collected once: a later attempt's digest reads the file itself.
+            assert_eq!(file.precomputed()?, None);
         }
         Ok(())
     }

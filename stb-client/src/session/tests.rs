@@ -132,6 +132,8 @@ fn lines(l: &[&str]) -> Vec<String> {
 struct Changing<'a> {
     bytes: &'a [u8],
     digested: bool,
+    /// Sends file bytes past the session ([`Session::file_sent`]) whenever it allows.
+    zero_copy: bool,
 }
 
 impl ReadAt for Changing<'_> {
@@ -181,6 +183,7 @@ fn run(cfg: Config<'_>, file: &[u8], model: Model) -> Run {
         &mut Changing {
             bytes: file,
             digested: false,
+            zero_copy: false,
         },
         model,
         false,
@@ -241,6 +244,17 @@ fn run_with(cfg: Config<'_>, file: &mut Changing<'_>, mut model: Model, change: 
                 assert!(remaining > 0);
                 let mut buf = [0u8; 97];
                 let n = file.read_at(offset, &mut buf).unwrap();
+                if file.zero_copy && s.server_verifies() {
+                    // What sendfile(2) would put on the wire, unseen by the session.
+                    let n = n.min(remaining as usize);
+                    model.on_data(&buf[..n]);
+                    let r = s.file_sent(n as u64);
+                    if let Err(e) = r {
+                        assert_eq!(s.poll(&mut cmd), Err(e), "errors stick");
+                        break Err(e);
+                    }
+                    continue;
+                }
                 match s.file_data(&buf[..n]) {
                     Ok(out) => {
                         assert!(out.len() as u64 <= remaining);
@@ -613,10 +627,63 @@ fn local_file_changed_after_digest() {
     let mut f = Changing {
         bytes: &file,
         digested: false,
+        zero_copy: false,
     };
     let r = run_with(cfg(), &mut f, Model::default(), true);
     assert_eq!(r.result, Err(SessionError::LocalFileChanged));
     assert!(!SessionError::LocalFileChanged.is_retryable());
+}
+
+fn run_zero_copy(cfg: Config<'_>, file: &[u8], model: Model, change: bool) -> Run {
+    let mut f = Changing {
+        bytes: file,
+        digested: false,
+        zero_copy: true,
+    };
+    run_with(cfg, &mut f, model, change)
+}
+
+#[test]
+fn bytes_sent_past_the_session_when_the_server_verifies() {
+    let file = local_bytes();
+    // Fresh, and resumed after a partial: the server gets the file and confirms it.
+    for model in [Model::default(), partial_of(&file, 400)] {
+        let r = run_zero_copy(cfg(), &file, model, false);
+        let o = r.outcome();
+        assert!(o.verified);
+        assert_eq!(o.bytes_sent, 1000 - o.resumed_from);
+        assert_eq!(r.model.file.unwrap(), file);
+    }
+    // A file changed after its digest: the client cannot see it, the server's check does.
+    let r = run_zero_copy(cfg(), &file, Model::default(), true);
+    assert!(matches!(
+        r.result,
+        Err(SessionError::VerificationFailed { .. })
+    ));
+}
+
+#[test]
+fn bytes_pass_through_the_session_when_the_server_cannot_verify() {
+    let file = local_bytes();
+    let model = Model {
+        no_key: true,
+        ..Model::default()
+    };
+    // No KEY: the session sees every byte and notices a change itself.
+    let r = run_zero_copy(cfg(), &file, model, true);
+    assert_eq!(r.result, Err(SessionError::LocalFileChanged));
+}
+
+#[test]
+fn file_sent_out_of_place_is_refused() {
+    let mut s = Session::new(cfg()).unwrap();
+    assert!(!s.server_verifies());
+    assert_eq!(s.file_sent(10), Err(SessionError::OutOfOrder));
+    assert_eq!(
+        s.file_data(b"x"),
+        Err(SessionError::OutOfOrder),
+        "errors stick"
+    );
 }
 
 #[test]

@@ -227,6 +227,9 @@ fn local_name(cli: &Cli) -> String {
         .unwrap_or_default()
 }
 
+/// The digest-ahead thread's buffer, at most: its reads are split among the digest threads.
+const AHEAD_BUFFER: usize = 128 << 10;
+
 fn run(cli: &Cli, tty: bool) -> Result<(Report, String), CliError> {
     let url = FtpUrl::parse(&cli.url).map_err(|error| CliError::Url {
         url: cli.url.clone(),
@@ -267,19 +270,26 @@ fn run(cli: &Cli, tty: bool) -> Result<(Report, String), CliError> {
         initial_delay_ms: cli.retry_delay_ms,
         ..RetryPolicy::default()
     };
-    // The only sizeable allocation: memory use does not grow with the file.
+    // The sizeable allocations, the data buffer and the digest's: memory use does not grow
+    // with the file.
+    let data_len = cli.buffer_kib as usize * 1024;
     let mut control = vec![0u8; 2048];
     let mut command = vec![0u8; remote.len() + password.len() + url.user.len() + 64];
-    let mut data = vec![0u8; cli.buffer_kib as usize * 1024];
+    let mut data = vec![0u8; data_len];
     let bufs = Buffers {
         control: &mut control,
         command: &mut command,
         data: &mut data,
     };
     let mut ui = ui::Ui::new(tty, cli.verbose, meta.len());
+    // The digest runs while the dialogue connects and logs in.
+    let mut file = StdFile::new(file)
+        .with_digest_threads(hash_threads(cli))
+        .digest_ahead(data_len.min(AHEAD_BUFFER))
+        .map_err(local_error)?;
     let result = upload(
         &mut net,
-        &mut StdFile::new(file).with_digest_threads(hash_threads(cli)),
+        &mut file,
         cfg,
         policy,
         bufs,
