@@ -29,7 +29,7 @@ Exit codes:
   3  login refused
   4  retries exhausted (the network or the server failed on every attempt)
   5  verification failed (the server's CRC of the stored file differs from the
-     declared one)
+     declared one, e.g. because the local file changed during the upload)
 
 The password comes from --password-stdin or the STB_PASSWORD environment variable.";
 
