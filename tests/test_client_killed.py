@@ -6,6 +6,7 @@ import ftplib
 import io
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -131,8 +132,6 @@ def test_data_connection_reset_right_after_it_opened_still_gets_a_reply(ftpd):
     reply on the control connection (the front must not pass the reset on before libunftp has
     taken the connection in, or libunftp drops the transfer without a word), and the stored
     bytes are recorded as a partial file. The seed's resume dialogue, 20 times over."""
-    import socket
-
     data = bytes(range(256)) * 1024
     crc = key(crc32(data))
     for i in range(20):

@@ -33,8 +33,9 @@ def filesystem(path: Path) -> str:
 
 
 def test_an_upload_leaves_no_page_cache_behind(ftpd, tmp_path):
-    if filesystem(tmp_path) in ("tmpfs", "ramfs"):
-        pytest.skip(f"{tmp_path} is on {filesystem(tmp_path)}: its pages cannot be dropped")
+    fs = filesystem(tmp_path)
+    if fs in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on {fs}: its pages cannot be dropped")
     data = os.urandom(1 << 20) * (SIZE >> 20)
     src = tmp_path / "recording.ts"
     src.write_bytes(data)

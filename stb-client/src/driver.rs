@@ -447,27 +447,33 @@ where
                 }
                 Step::Upload { offset, remaining } => {
                     let stream = data.as_mut().ok_or(SessionError::OutOfOrder)?;
+                    // Straight from the file when the network can and the server checks.
                     #[cfg(feature = "std")]
-                    if session.server_verifies() {
-                        let sent = file
-                            .os_file()
-                            .and_then(|f| net.send_file(stream, f, offset, remaining));
-                        if let Some(sent) = sent {
-                            let n = sent.map_err(net_err(Stage::Data))?;
-                            session.file_sent(n as u64)?;
-                            let len = session.local().map_or(0, |l| l.len);
-                            observer.progress(offset + n as u64, len);
-                            continue;
+                    let direct = session
+                        .server_verifies()
+                        .then(|| file.os_file())
+                        .flatten()
+                        .and_then(|f| net.send_file(stream, f, offset, remaining));
+                    #[cfg(not(feature = "std"))]
+                    let direct: Option<Result<usize, N::Error>> = None;
+                    let sent = match direct {
+                        Some(sent) => {
+                            let n = sent.map_err(net_err(Stage::Data))? as u64;
+                            session.file_sent(n)?;
+                            n
                         }
-                    }
-                    let want = clamp(data_buf.len(), remaining);
-                    let n = file
-                        .read_at(offset, &mut data_buf[..want])
-                        .map_err(AttemptError::File)?;
-                    let out = session.file_data(&data_buf[..n.min(want)])?;
-                    stream.write_all(out).map_err(net_err(Stage::Data))?;
+                        None => {
+                            let want = clamp(data_buf.len(), remaining);
+                            let n = file
+                                .read_at(offset, &mut data_buf[..want])
+                                .map_err(AttemptError::File)?;
+                            let out = session.file_data(&data_buf[..n.min(want)])?;
+                            stream.write_all(out).map_err(net_err(Stage::Data))?;
+                            out.len() as u64
+                        }
+                    };
                     let len = session.local().map_or(0, |l| l.len);
-                    observer.progress(offset + out.len() as u64, len);
+                    observer.progress(offset + sent, len);
                 }
                 Step::CloseData => {
                     if let Some(stream) = data.take() {

@@ -597,20 +597,12 @@ impl<'a> Session<'a> {
     }
 
     fn pass_data<'d>(&mut self, data: &'d [u8]) -> Result<&'d [u8], SessionError> {
-        if self.phase != Phase::Transfer {
-            return Err(SessionError::OutOfOrder);
-        }
-        let remaining = self.end - self.offset;
-        let n = crate::local::clamp(data.len(), remaining);
-        if n == 0 && remaining > 0 {
-            return Err(SessionError::LocalFileChanged);
-        }
-        let out = &data[..n];
+        // Outside a transfer `count_sent` refuses whatever the length.
+        let out = &data[..crate::local::clamp(data.len(), self.end.saturating_sub(self.offset))];
+        self.count_sent(out.len() as u64)?;
         if let Some(running) = &mut self.running {
             running.update(out);
         }
-        self.offset += n as u64;
-        self.bytes_sent += n as u64;
         if self.offset == self.end {
             let local = self.local.ok_or(SessionError::OutOfOrder)?;
             if let Some(running) = &self.running {
@@ -639,7 +631,18 @@ impl<'a> Session<'a> {
     }
 
     fn pass_sent(&mut self, n: u64) -> Result<(), SessionError> {
-        if self.phase != Phase::Transfer || !self.key_in_force {
+        if !self.key_in_force {
+            return Err(SessionError::OutOfOrder);
+        }
+        self.count_sent(n)?;
+        self.running = None;
+        Ok(())
+    }
+
+    /// Counts `n` file bytes going out, however they are sent: only during a transfer, never
+    /// past the end, and none while some remain means the file ended early.
+    fn count_sent(&mut self, n: u64) -> Result<(), SessionError> {
+        if self.phase != Phase::Transfer {
             return Err(SessionError::OutOfOrder);
         }
         let remaining = self.end - self.offset;
@@ -649,7 +652,6 @@ impl<'a> Session<'a> {
         if n > remaining {
             return Err(SessionError::OutOfOrder);
         }
-        self.running = None;
         self.offset += n;
         self.bytes_sent += n;
         Ok(())

@@ -75,7 +75,6 @@ def upload_to_disk(server, src: Path, name: str) -> tuple[float, float]:
     whole machine in that window: a server that leaves its writeback to the kernel's flusher
     threads pays for it here, as ftpd, which fsyncs before 226, pays in its own process."""
     target = fresh_target(server, name)
-    time.sleep(0.2)
     busy0, t0 = system_busy(), time.perf_counter()
     curl_upload(server, src, name, target)
     os.sync()
