@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod front;
+pub mod handoff;
 pub mod logging;
 pub mod paths;
 pub mod record;

@@ -2,6 +2,7 @@
 //! server until SIGTERM / Ctrl-C.
 
 use crate::config::Settings;
+use crate::handoff::Handoff;
 use crate::site_hash::SiteHash;
 use crate::site_key::SiteKey;
 use crate::storage::KeyStorage;
@@ -102,6 +103,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             fsync: s.fsync,
             takeover_wait: s.takeover_wait,
         },
+        handoff: s.front.then(|| Arc::new(Handoff::default())),
     });
     let authenticator = Arc::new(UsersAuthenticator::new(s.users_file.clone(), s.anonymous)?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -132,6 +134,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         let mut cfg = crate::front::FrontConfig::new(s.listen, s.passive_ports.clone(), backend);
         cfg.login_failures = s.failed_logins_max;
         cfg.login_window = s.failed_logins_window;
+        cfg.handoff = shared.handoff.clone();
         let front = crate::front::Front::bind(cfg).await?;
         builder = builder.proxy_protocol_mode(front.local_addr().port());
         Some((front, backend))

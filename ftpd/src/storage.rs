@@ -5,6 +5,7 @@
 //! current file and its working directory live here, and the SITE KEY handler reaches them
 //! through `SiteCommandContext::storage`.
 
+use crate::handoff::UploadSource;
 use crate::paths::{self, PathError};
 use crate::record::{FileId, Record};
 use crate::store::StoreError;
@@ -398,6 +399,7 @@ impl StorageBackend<FtpUser> for KeyStorage {
         // Dropping this future (ABOR, session end) must not drop the upload mid-write: the
         // task runs on and records what it stored once told to stop.
         let _stop_on_drop = abort.clone().drop_guard();
+        let input = UploadSource::new(input, self.shared.handoff.clone());
         let task = tokio::spawn(upload::run(
             self.shared.clone(),
             self.root()?,

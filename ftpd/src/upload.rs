@@ -35,6 +35,8 @@ pub struct Shared {
     pub store: Arc<dyn RecordStore>,
     pub writers: Arc<Writers>,
     pub upload: UploadConfig,
+    /// Client sockets the front hands over for uploads (`None` without the front).
+    pub handoff: Option<Arc<crate::handoff::Handoff>>,
 }
 
 /// One upload as the session asks for it.

@@ -10,6 +10,14 @@
 //! that passive port as the header's destination, which is how libunftp's switchboard finds the
 //! session (by client IP and port).
 //!
+//! # Uploads skip the relay
+//! A data connection whose client speaks first, with a byte that cannot open a TLS handshake,
+//! is a plain upload (downloads and listings start with the server's bytes). The front then parks
+//! the client's socket in the shared [`Handoff`] and sends a one-time ticket down the back-end
+//! connection instead of relaying; the upload path finds the ticket in the first bytes libunftp
+//! passes to `put` and reads the client's socket directly (see [`crate::handoff`]). The back-end
+//! connection stays open, silent, until libunftp closes it. Everything else is relayed.
+//!
 //! # What libunftp must be told
 //! * `proxy_protocol_mode(public_port)` (the port of [`Front::local_addr`]),
 //!   `passive_ports(<the front's range>)`, and `listen(backend_addr)` on a loopback address.
@@ -73,6 +81,7 @@ mod reply;
 mod splice;
 mod throttle;
 
+use crate::handoff::Handoff;
 use throttle::LoginThrottle;
 
 use std::future::Future;
@@ -102,6 +111,8 @@ pub struct FrontConfig {
     pub login_failures: u32,
     /// Counting window, and how long a blocked IP stays blocked (at most 30 days).
     pub login_window: Duration,
+    /// Where plain uploads are parked for the upload path to read directly; `None` relays them.
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 impl FrontConfig {
@@ -125,6 +136,7 @@ impl FrontConfig {
             line_timeout: Self::DEFAULT_LINE_TIMEOUT,
             login_failures: Self::DEFAULT_LOGIN_FAILURES,
             login_window: Self::DEFAULT_LOGIN_WINDOW,
+            handoff: None,
         }
     }
 }
@@ -256,9 +268,13 @@ impl Front {
         }));
         for listener in passive {
             let backend = cfg.backend_addr;
+            let handoff = cfg.handoff.clone();
             acceptors.spawn(accept_loop(listener, move |stream, peer| {
                 let span = tracing::info_span!("ftp-data", client = %peer);
-                tokio::spawn(relay::data_connection(stream, peer, backend).instrument(span));
+                let handoff = handoff.clone();
+                tokio::spawn(
+                    relay::data_connection(stream, peer, backend, handoff).instrument(span),
+                );
             }));
         }
         let result = tokio::select! {

@@ -4,6 +4,7 @@ use super::line::{classify, rewrite_key, LineKind, LineSplitter};
 use super::proxy_header::{canonical, encode_v1};
 use super::reply::ReplyScanner;
 use super::throttle::{Admission, LoginThrottle, Outcome};
+use crate::handoff::Handoff;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -539,7 +540,12 @@ fn on_reply(code: u16, shared: &Shared, settings: &ControlSettings, peer: Socket
 
 /// Splices one passive data connection to the back-end, announcing the passive port so that
 /// libunftp's switchboard finds the session that asked for it.
-pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, backend: SocketAddr) {
+pub(super) async fn data_connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    backend: SocketAddr,
+    handoff: Option<Arc<Handoff>>,
+) {
     let peer = canonical(peer);
     let local = match client.local_addr() {
         Ok(a) => canonical(a),
@@ -560,6 +566,14 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
         }
     };
     let connected = Instant::now();
+    if let Some(handoff) = handoff {
+        if opening(&client, &server).await == Opening::PlainUpload {
+            match hand_off(client, &mut server, &handoff).await {
+                Ok(()) => return,
+                Err(returned) => client = returned,
+            }
+        }
+    }
     match relay_data(&mut client, &mut server).await {
         Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "data connection done"),
         Err(e) => {
@@ -576,6 +590,67 @@ pub(super) async fn data_connection(mut client: TcpStream, peer: SocketAddr, bac
             }
         }
     }
+}
+
+/// The first byte of every TLS handshake record: such a connection must reach libunftp as it is.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What a fresh data connection turned out to be, judged by who speaks first.
+#[derive(Debug, PartialEq, Eq)]
+enum Opening {
+    /// The client sent bytes first, and they cannot start a TLS handshake.
+    PlainUpload,
+    /// The server spoke or closed first, the client closed, or it started TLS.
+    Other,
+}
+
+/// Waits until either side of a fresh data connection has something to say. Nothing is read.
+async fn opening(client: &TcpStream, server: &TcpStream) -> Opening {
+    let mut first = [0u8; 1];
+    tokio::select! {
+        r = client.peek(&mut first) => match r {
+            Ok(1) if first[0] != TLS_HANDSHAKE => Opening::PlainUpload,
+            _ => Opening::Other,
+        },
+        _ = server.readable() => Opening::Other,
+    }
+}
+
+/// Parks an upload's client socket for the upload path and sends the ticket in its place, then
+/// waits until libunftp closes the back-end connection. A socket nobody claimed is closed
+/// then. If the ticket cannot be sent, the socket comes back for an ordinary relay.
+async fn hand_off(
+    client: TcpStream,
+    server: &mut TcpStream,
+    handoff: &Handoff,
+) -> Result<(), TcpStream> {
+    let ticket = match handoff.park(client) {
+        Ok(t) => t,
+        Err((e, client)) => {
+            tracing::warn!(error = %e, "cannot hand the upload over; relaying it");
+            return Err(client);
+        }
+    };
+    if let Err(e) = server.write_all(ticket.as_bytes()).await {
+        // Back to the relay, which then fails and resets both sides like any broken one.
+        tracing::debug!(error = %e, "cannot send the upload's ticket");
+        return match handoff.claim(&ticket) {
+            Some(client) => Err(client),
+            None => Ok(()),
+        };
+    }
+    tracing::debug!("upload data connection handed over");
+    // libunftp writes nothing on an upload's connection; it only closes it when done.
+    let mut sink = [0u8; 64];
+    while let Ok(n) = server.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+    if handoff.claim(&ticket).is_some() {
+        tracing::debug!("back-end closed before the upload was read; client connection closed");
+    }
+    Ok(())
 }
 
 /// How long after its back-end connection was made a data connection may be reset.
