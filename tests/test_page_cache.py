@@ -1,5 +1,6 @@
-"""Uploads do not fill the page cache: ftpd starts writeback as the data arrives, drops pages
-already written, and with fsync leaves nothing of the finished file cached. A file written the
+"""Uploads do not fill the page cache. With `direct_io` (the default) whole blocks bypass it;
+without, ftpd starts writeback as the data arrives, drops pages already written, and with fsync
+leaves nothing of the finished file cached. A file written the
 ordinary way beside it, also fsynced, stays cached: the contrast shows the kernel would have
 kept ftpd's pages too.
 
@@ -32,7 +33,9 @@ def filesystem(path: Path) -> str:
     return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_an_upload_leaves_no_page_cache_behind(ftpd, tmp_path):
+@pytest.mark.parametrize("direct_io", ["true", "false"])
+def test_an_upload_leaves_no_page_cache_behind(ftpd_factory, tmp_path, direct_io):
+    ftpd = ftpd_factory(direct_io=direct_io)
     fs = filesystem(tmp_path)
     if fs in ("tmpfs", "ramfs"):
         pytest.skip(f"{tmp_path} is on {fs}: its pages cannot be dropped")

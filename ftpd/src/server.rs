@@ -102,6 +102,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             checkpoint: s.checkpoint,
             fsync: s.fsync,
             takeover_wait: s.takeover_wait,
+            direct_io: s.direct_io,
         },
         handoff: s.front.then(|| Arc::new(Handoff::default())),
     });

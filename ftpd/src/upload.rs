@@ -9,7 +9,7 @@ use crate::store::{RecordStore, StoreError};
 use crate::writers::{Busy, Progress, Writers};
 use cap_std::fs::{Dir, OpenOptions};
 use crc_tools::{Crc32, KeyValue, State};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -27,6 +27,9 @@ pub struct UploadConfig {
     pub fsync: bool,
     /// How long a newcomer waits for a stalled writer of the same file to let go.
     pub takeover_wait: Duration,
+    /// Write whole aligned blocks with `O_DIRECT`, past the page cache (Linux; falls back to
+    /// ordinary writes where the filesystem refuses).
+    pub direct_io: bool,
 }
 
 /// What the upload path shares across sessions.
@@ -132,6 +135,8 @@ pub fn crc_of_range(file: &std::fs::File, from: u64, to: u64) -> io::Result<u32>
 /// Where the file stands when an upload may begin.
 struct Opened {
     file: std::fs::File,
+    /// The same file opened for direct I/O, when that is on and possible.
+    direct: Option<Arc<std::fs::File>>,
     prefix_crc: u32,
     declared: Option<u32>,
 }
@@ -165,6 +170,7 @@ where
     };
     let Opened {
         mut file,
+        mut direct,
         prefix_crc,
         declared,
     } = opened;
@@ -176,22 +182,27 @@ where
         size: crc.len(),
         crc: crc.value(),
     });
-    let mut next = vec![0u8; cfg.buffer];
-    let mut spare = vec![0u8; cfg.buffer];
+    // Room to place each chunk where memory and file offset agree modulo `BLOCK`.
+    let mut next = vec![0u8; cfg.buffer + BLOCK];
+    let mut spare = vec![0u8; cfg.buffer + BLOCK];
     let mut since_checkpoint = 0u64;
     let mut received = 0u64;
     let mut in_flight: Option<tokio::task::JoinHandle<WriteDone>> = None;
 
     let ending = loop {
-        // Fill `next` from the network while the previous buffer is being written.
+        // Fill `next` from the network while the previous buffer is being written. A chunk
+        // ends on a block boundary of the file, so the next one starts on one.
+        let at = req.start_pos + received;
+        let lead = block_lead(&next, at);
+        let want = cfg.buffer - (at % BLOCK as u64) as usize;
         let mut filled = 0;
         let mut end = None;
-        while filled < next.len() {
+        while filled < want {
             tokio::select! {
                 biased;
                 _ = lock.stop.cancelled() => { end = Some(Ending::Stopped); break; }
                 _ = abort.cancelled() => { end = Some(Ending::Stopped); break; }
-                r = reader.read(&mut next[filled..]) => match r {
+                r = reader.read(&mut next[lead + filled..lead + want]) => match r {
                     Ok(0) => { end = Some(Ending::Eof); break; }
                     Ok(n) => filled += n,
                     Err(e) => { end = Some(Ending::ReadError(e)); break; }
@@ -201,6 +212,7 @@ where
         if let Some(h) = in_flight.take() {
             let done = collect(h).await;
             (file, spare, crc) = (done.file, done.buf, done.crc);
+            direct = direct.filter(|_| done.direct_ok);
             lock.set_progress(Progress {
                 size: crc.len(),
                 crc: crc.value(),
@@ -225,8 +237,9 @@ where
             let buf = std::mem::replace(&mut next, std::mem::take(&mut spare));
             let f = file.try_clone()?;
             let handle = tokio::task::spawn_blocking({
-                let (c, progress) = (crc.clone(), lock.progress.clone());
-                move || write_chunk(f, buf, filled, c, checkpoint, &progress)
+                let (c, progress, d) = (crc.clone(), lock.progress.clone(), direct.clone());
+                let chunk = lead..lead + filled;
+                move || write_chunk(f, d.as_deref(), buf, chunk, c, checkpoint, &progress)
             });
             if end.is_none() {
                 in_flight = Some(handle);
@@ -315,6 +328,8 @@ struct WriteDone {
     file: std::fs::File,
     buf: Vec<u8>,
     crc: Crc32,
+    /// `false` once the filesystem refused a direct write: later chunks go the ordinary way.
+    direct_ok: bool,
     result: Result<(), UploadError>,
 }
 
@@ -330,21 +345,24 @@ async fn collect(h: tokio::task::JoinHandle<WriteDone>) -> WriteDone {
 /// this buffer must not leave queries one buffer behind the file); on a failed write the file
 /// is cut back to the counted length, so the record never claims bytes that are not in the file.
 fn write_chunk(
-    mut file: std::fs::File,
+    file: std::fs::File,
+    direct: Option<&std::fs::File>,
     buf: Vec<u8>,
-    len: usize,
+    chunk: std::ops::Range<usize>,
     mut crc: Crc32,
     checkpoint: Option<Checkpoint>,
     progress: &Mutex<Progress>,
 ) -> WriteDone {
+    let mut direct_ok = direct.is_some();
     let result = (|| {
         let start = crc.len();
-        if let Err(e) = file.write_all(&buf[..len]) {
+        let data = &buf[chunk];
+        if let Err(e) = write_at(&file, direct, data, start, &mut direct_ok) {
             let _ = file.set_len(start);
             return Err(UploadError::Io(e));
         }
-        crc.update(&buf[..len]);
-        let end = start + len as u64;
+        crc.update(data);
+        let end = start + data.len() as u64;
         recycle_page_cache(&file, end.saturating_sub(RECYCLE_LAG), end);
         *progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
             size: crc.len(),
@@ -367,8 +385,76 @@ fn write_chunk(
         file,
         buf,
         crc,
+        direct_ok,
         result,
     }
+}
+
+/// Block size for direct I/O: offsets, lengths and memory addresses must be multiples of the
+/// device's logical block size, and 4 KiB is one for every disk in use.
+const BLOCK: usize = 4096;
+
+/// Where in `buf` a chunk for file offset `at` must begin so that memory addresses and file
+/// offsets agree modulo [`BLOCK`]; then its whole blocks can be written directly.
+fn block_lead(buf: &[u8], at: u64) -> usize {
+    (buf.as_ptr().align_offset(BLOCK) + (at % BLOCK as u64) as usize) % BLOCK
+}
+
+/// Writes `data` at `offset`: the whole blocks through `direct` when given (`data` must then
+/// sit at an address that agrees with `offset` modulo [`BLOCK`]), the partial blocks at either
+/// end through `file`. A direct write that fails is done the ordinary way, and `direct_ok`
+/// turns `false`.
+fn write_at(
+    file: &std::fs::File,
+    direct: Option<&std::fs::File>,
+    data: &[u8],
+    offset: u64,
+    direct_ok: &mut bool,
+) -> io::Result<()> {
+    let head = ((BLOCK as u64 - offset % BLOCK as u64) % BLOCK as u64) as usize;
+    let head = head.min(data.len());
+    let body = (data.len() - head) / BLOCK * BLOCK;
+    let (Some(direct), true) = (direct, body > 0) else {
+        return file.write_all_at(data, offset);
+    };
+    let (first, rest) = data.split_at(head);
+    let (middle, last) = rest.split_at(body);
+    file.write_all_at(first, offset)?;
+    let at = offset + head as u64;
+    if let Err(e) = direct.write_all_at(middle, at) {
+        // Refused (alignment rules, filesystem support) or failed: the ordinary write either
+        // does it or reports the real error.
+        tracing::info!(error = %e, "direct write failed; writing through the page cache");
+        *direct_ok = false;
+        file.write_all_at(middle, at)?;
+    }
+    file.write_all_at(last, at + body as u64)
+}
+
+/// The file opened a second time for direct I/O, through its descriptor so that it is surely
+/// the same file; `None` where the filesystem or platform does not offer it.
+#[cfg(target_os = "linux")]
+fn open_direct(file: &std::fs::File) -> Option<Arc<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(flags)
+        .open(&path)
+    {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::debug!(error = %e, "no direct I/O for this file");
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_file: &std::fs::File) -> Option<Arc<std::fs::File>> {
+    None
 }
 
 /// How far behind the end of the file written pages are dropped from the page cache: far
@@ -395,8 +481,8 @@ fn recycle_page_cache(file: &std::fs::File, from: u64, to: u64) {
 #[cfg(not(target_os = "linux"))]
 fn recycle_page_cache(_file: &std::fs::File, _from: u64, _to: u64) {}
 
-/// Opens the file and applies the resume guards; on success the file is positioned at
-/// `start_pos` and an open record describes its first `start_pos` bytes.
+/// Opens the file and applies the resume guards; on success the file is `start_pos` bytes
+/// long and an open record describes them.
 fn open_for_upload(
     shared: &Shared,
     root: &Dir,
@@ -461,8 +547,11 @@ fn open_for_upload(
     if disk_len != start_pos {
         file.set_len(start_pos)?;
     }
-    let mut file = file;
-    io::Seek::seek(&mut file, io::SeekFrom::Start(start_pos))?;
+    let direct = shared
+        .upload
+        .direct_io
+        .then(|| open_direct(&file))
+        .flatten();
     if !existed && shared.upload.fsync {
         sync_parent(root, rel)?;
     }
@@ -474,6 +563,7 @@ fn open_for_upload(
     )?;
     Ok(Opened {
         file,
+        direct,
         prefix_crc,
         declared,
     })
@@ -488,4 +578,72 @@ pub fn sync_parent(root: &Dir, rel: &str) -> io::Result<()> {
     // `open_dir` gives an O_PATH handle, which cannot be fsynced; a read-only open can.
     root.open_with(parent, OpenOptions::new().read(true))?
         .sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn block_lead_lines_memory_up_with_the_file() {
+        let buf = vec![0u8; 3 * BLOCK];
+        for at in [0u64, 1, 511, 4095, 4096, 4097, 123_456_789] {
+            let lead = block_lead(&buf, at);
+            assert!(lead < BLOCK);
+            let addr = buf[lead..].as_ptr().align_offset(BLOCK);
+            assert_eq!(
+                (BLOCK - addr) % BLOCK,
+                (at % BLOCK as u64) as usize,
+                "at {at}"
+            );
+        }
+    }
+
+    /// Chunks at every kind of offset, written with and without a direct handle, read back
+    /// exactly; a direct handle that cannot write leaves the data right and turns itself off.
+    #[test]
+    fn write_at_stores_every_byte_where_it_belongs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = pattern(3 * BLOCK * 10 + 777);
+        for (i, start) in [0u64, 1, 4095, 4096, 5000].into_iter().enumerate() {
+            for mode in ["direct", "plain", "refusing"] {
+                let path = dir.path().join(format!("f{i}-{mode}"));
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .expect("open");
+                file.write_all_at(&vec![b'p'; start as usize], 0)
+                    .expect("prefix");
+                let direct = match mode {
+                    "direct" => open_direct(&file),
+                    // Opened read-only: every write through it fails.
+                    "refusing" => Some(Arc::new(std::fs::File::open(&path).expect("reopen"))),
+                    _ => None,
+                };
+                let mut buf = vec![0u8; data.len() + BLOCK];
+                let (mut at, mut ok) = (start, direct.is_some());
+                for piece in data.chunks(3 * BLOCK + 5) {
+                    let lead = block_lead(&buf, at);
+                    buf[lead..lead + piece.len()].copy_from_slice(piece);
+                    let d = direct.as_deref().filter(|_| ok);
+                    write_at(&file, d, &buf[lead..lead + piece.len()], at, &mut ok).expect("write");
+                    at += piece.len() as u64;
+                }
+                let got = std::fs::read(&path).expect("read back");
+                assert_eq!(got.len(), start as usize + data.len(), "{mode} at {start}");
+                assert!(got[..start as usize].iter().all(|&b| b == b'p'));
+                assert!(got[start as usize..] == data[..], "{mode} at {start}");
+                assert_eq!(ok, mode == "direct" && direct.is_some(), "{mode}");
+            }
+        }
+    }
 }

@@ -160,8 +160,10 @@ def main() -> int:
         PlainLibunftp(base / "libunftp").start(),
         Ftpd(base / "ftpd").start(),
         Ftpd(base / "ftpd-nofsync", durability="none").start(),
+        Ftpd(base / "ftpd-cached", direct_io="false").start(),
     ]
     servers[3].name = "ftpd (durability=none)"
+    servers[4].name = "ftpd (direct_io=false)"
     try:
         results = {s.name: [] for s in servers}
         on_disk = {s.name: [] for s in servers}
