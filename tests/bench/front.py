@@ -96,8 +96,8 @@ def main() -> int:
         print(f"  front on / off: throughput {t_on / t_off:.2f}x, CPU {c_on / c_off:.2f}x")
 
         print(f"\nRSS per idle logged-in session, {args.sessions} sessions:")
-        r_off = idle_session_rss(off, args.sessions)
-        r_on = idle_session_rss(on, args.sessions)
+        _, r_off = idle_session_rss(off, args.sessions)
+        _, r_on = idle_session_rss(on, args.sessions)
         print(f"  front off: {r_off:6.1f} KiB   front on: {r_on:6.1f} KiB   ratio {r_on / r_off:.2f}x")
 
         print("\nSeed resume decision, connect to first data byte of the resumed STOR (median of 20):")
