@@ -540,8 +540,9 @@ fn on_reply(code: u16, shared: &Shared, settings: &ControlSettings, peer: Socket
     true
 }
 
-/// Splices one passive data connection to the back-end, announcing the passive port so that
-/// libunftp's switchboard finds the session that asked for it.
+/// Serves one passive data connection: connects to the back-end, announcing the passive port so
+/// that libunftp's switchboard finds the session that asked for it, then hands a plain upload
+/// to the upload path or splices anything else.
 pub(super) async fn data_connection(
     mut client: TcpStream,
     peer: SocketAddr,
