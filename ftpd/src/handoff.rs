@@ -105,15 +105,15 @@ impl Handoff {
 /// with a parked ticket, otherwise from that connection, first bytes included.
 pub struct UploadSource<R> {
     inner: R,
-    handoff: Option<std::sync::Arc<Handoff>>,
     state: Source,
 }
 
 enum Source {
-    /// Collecting the first bytes to see whether they are a ticket.
+    /// Collecting the first bytes to see whether they are a ticket parked in `handoff`.
     Sniffing {
         buf: [u8; TICKET_LEN],
         len: usize,
+        handoff: std::sync::Arc<Handoff>,
     },
     /// Not a ticket: the bytes collected are data and go out first.
     Replay {
@@ -129,17 +129,14 @@ impl<R: AsyncRead + Unpin> UploadSource<R> {
     /// Reads `inner`, looking for a ticket first when `handoff` is given.
     pub fn new(inner: R, handoff: Option<std::sync::Arc<Handoff>>) -> Self {
         let state = match handoff {
-            Some(_) => Source::Sniffing {
+            Some(handoff) => Source::Sniffing {
                 buf: [0; TICKET_LEN],
                 len: 0,
+                handoff,
             },
             None => Source::Inner,
         };
-        UploadSource {
-            inner,
-            handoff,
-            state,
-        }
+        UploadSource { inner, state }
     }
 
     /// Whether the bytes now come from the client's socket directly.
@@ -157,7 +154,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for UploadSource<R> {
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                Source::Sniffing { buf, len } => {
+                Source::Sniffing { buf, len, handoff } => {
                     let mut rb = ReadBuf::new(&mut buf[*len..]);
                     ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
                     let n = rb.filled().len();
@@ -166,11 +163,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for UploadSource<R> {
                         continue;
                     }
                     let (buf, len) = (*buf, *len);
-                    let ticket = (len == TICKET_LEN).then(|| Ticket::parse(&buf)).flatten();
-                    let parked = match (ticket, &this.handoff) {
-                        (Some(ticket), Some(handoff)) => handoff.claim(&ticket),
-                        _ => None,
-                    };
+                    let parked = (len == TICKET_LEN)
+                        .then(|| Ticket::parse(&buf))
+                        .flatten()
+                        .and_then(|ticket| handoff.claim(&ticket));
                     this.state = match parked {
                         Some(client) => {
                             tracing::debug!("upload reads the client's data connection directly");

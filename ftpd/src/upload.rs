@@ -362,8 +362,11 @@ fn write_chunk(
             return Err(UploadError::Io(e));
         }
         crc.update(data);
-        let end = start + data.len() as u64;
-        recycle_page_cache(&file, end.saturating_sub(RECYCLE_LAG), end);
+        // Direct writes leave at most a partial block cached, which the final call drops.
+        if !direct_ok {
+            let end = start + data.len() as u64;
+            recycle_page_cache(&file, end.saturating_sub(RECYCLE_LAG), end);
+        }
         *progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
             size: crc.len(),
             crc: crc.value(),
