@@ -102,6 +102,18 @@ fn oob_inline(stream: &TcpStream) {
     }
 }
 
+/// Acknowledges the back-end's bytes at once instead of after the delayed-ACK timer. libunftp
+/// leaves Nagle's algorithm on for its control sockets, so a reply that follows one the front
+/// has not acknowledged yet (`150` right after the `350` of the `REST 0` the front inserts, or
+/// `226` soon after `150`) waited up to 40 ms for that ACK. The switch is not permanent, hence
+/// once per read; it is advice, and a failure changes nothing.
+fn ack_now(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
 /// Reads bytes that are already queued but that tokio will not report: with `SO_OOBINLINE` a
 /// read stops at the urgent mark and no new readiness event follows for the urgent byte itself.
 /// An empty buffer is end of stream; `None` means nothing is queued.
@@ -477,6 +489,7 @@ where
             Ok(chunk) => chunk,
             Err(e) => return Ending::Io(e),
         };
+        ack_now(server);
         let data = &chunk[..];
         let mut out = Vec::new();
         let data = if shared.raw.load(Ordering::SeqCst) {
