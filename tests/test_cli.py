@@ -140,6 +140,7 @@ def test_first_start_creates_an_account_and_prints_its_password_once(tmp_path):
         ("FTPD_ANONYMOUS", "maybe", "anonymous"),
         ("FTPD_IDLE_TIMEOUT", "0", "idle_timeout"),
         ("FTPD_UPLOAD_BUFFER_KIB", "1", "upload_buffer_kib"),
+        ("FTPD_UPLOAD_BUFFER_MAX_KIB", "70000", "upload_buffer_max_kib"),
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line_naming_them(tmp_path, setting, value, name):

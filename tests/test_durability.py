@@ -122,7 +122,7 @@ def test_records_survive_sigterm_and_sigkill_restarts(ftpd):
 def test_sigkill_mid_transfer_leaves_a_record_of_exactly_the_bytes_on_disk(ftpd_factory, durability, when):
     # Checkpoints every MiB, writes of 256 KiB: a crash usually leaves bytes beyond the last
     # checkpoint, which start-up must read and count.
-    srv = ftpd_factory(checkpoint_mib=1, upload_buffer_kib=256, durability=durability)
+    srv = ftpd_factory(checkpoint_mib=1, upload_buffer_kib=256, upload_buffer_max_kib=256, durability=durability)
     data = data_of(40 * MiB, seed=13)
     path = srv.file("alice", "big.ts")
 

@@ -436,7 +436,7 @@ def rst_close(sock: socket.socket) -> None:
 
 
 def test_info_after_an_interrupted_upload_proves_the_prefix(ftpd_factory):
-    srv = ftpd_factory(upload_buffer_kib=64)
+    srv = ftpd_factory(upload_buffer_kib=64, upload_buffer_max_kib=64)
     data = pattern(3 << 20, seed=17)
     cut = 1_234_567
     f = srv.ftp()

@@ -45,6 +45,7 @@ struct Raw {
     idle_timeout: u64,
     durability: String,
     upload_buffer_kib: u64,
+    upload_buffer_max_kib: u64,
     direct_io: bool,
     checkpoint_mib: u64,
     takeover_wait: u64,
@@ -80,6 +81,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub fsync: bool,
     pub upload_buffer: usize,
+    pub upload_buffer_max: usize,
     pub direct_io: bool,
     pub checkpoint: u64,
     pub takeover_wait: Duration,
@@ -196,6 +198,9 @@ impl Settings {
         if !(4..=65536).contains(&r.upload_buffer_kib) {
             return Err(bad("upload_buffer_kib", "must be between 4 and 65536"));
         }
+        if !(4..=65536).contains(&r.upload_buffer_max_kib) {
+            return Err(bad("upload_buffer_max_kib", "must be between 4 and 65536"));
+        }
         if r.checkpoint_mib == 0 {
             return Err(bad("checkpoint_mib", "must be at least 1"));
         }
@@ -249,6 +254,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(r.idle_timeout),
             fsync,
             upload_buffer: (r.upload_buffer_kib * 1024) as usize,
+            upload_buffer_max: (r.upload_buffer_max_kib * 1024) as usize,
             direct_io: r.direct_io,
             checkpoint: r.checkpoint_mib << 20,
             takeover_wait: Duration::from_secs(r.takeover_wait),

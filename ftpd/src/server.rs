@@ -99,6 +99,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         writers: Arc::new(Writers::default()),
         upload: UploadConfig {
             buffer: s.upload_buffer,
+            buffer_max: s.upload_buffer_max,
             checkpoint: s.checkpoint,
             fsync: s.fsync,
             takeover_wait: s.takeover_wait,
