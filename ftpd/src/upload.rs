@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub struct UploadConfig {
     /// Bytes read from the network per write at first (two such buffers per upload).
     pub buffer: usize,
-    /// What the buffers may grow to for a fast sender ([`grown`]).
+    /// What the buffers may grow to for a fast sender ([`next_len`]).
     pub buffer_max: usize,
     /// Bytes between checkpoints of the record while an upload runs.
     pub checkpoint: u64,
@@ -193,11 +193,14 @@ where
     let mut in_flight: Option<tokio::task::JoinHandle<WriteDone>> = None;
 
     let ending = loop {
-        // Fill `next` from the network while the previous buffer is being written. A chunk
-        // ends on a block boundary of the file, so the next one starts on one.
+        // Fill `next` from the network while the previous buffer is being written. A full
+        // chunk ends on a block boundary of the file, so the next one starts on one. A buffer
+        // of another size than the chunk (grown, or back from a pause) is resized, and
+        // shrinking gives the memory back.
         let at = req.start_pos + received;
-        if next.len() < chunk_len + BLOCK {
+        if next.len() != chunk_len + BLOCK {
             next.resize(chunk_len + BLOCK, 0);
+            next.shrink_to_fit();
         }
         let lead = block_lead(&next, at);
         let want = chunk_len - (at % BLOCK as u64) as usize;
