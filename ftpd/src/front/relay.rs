@@ -209,6 +209,18 @@ pub(super) async fn control_connection(
             u = &mut up => match u {
                 // The client finished sending: let the server answer (e.g. QUIT) and close.
                 None => down.await,
+                // Refused by the throttle: the replies to commands already sent (the USER
+                // pipelined before the PASS) reach the client before the front's 421.
+                Some(Ending::Throttled) => {
+                    let _ = tokio::time::timeout(FAREWELL, async {
+                        tokio::select! {
+                            _ = &mut down => {}
+                            _ = wait_for_replies(&shared) => {}
+                        }
+                    })
+                    .await;
+                    Ending::Throttled
+                }
                 Some(ending) => ending,
             },
             d = &mut down => d,
@@ -364,6 +376,8 @@ where
                     }
                     out.clear();
                     if let Some(ending) = Box::pin(admit_login(&settings.throttle, peer)).await {
+                        // This PASS is never sent, so no reply to it is awaited.
+                        shared.expected.fetch_sub(1, Ordering::SeqCst);
                         return Some(ending);
                     }
                     shared.pending_pass.fetch_add(1, Ordering::SeqCst);
