@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 from servers import Ftpd
-from upload import idle_session_rss, make_file, per_gib, upload
+from upload import idle_session_rss, make_file, per_gib, rotated, upload
 
 
 def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
@@ -85,7 +85,7 @@ def main() -> int:
     try:
         res = {s.name: [] for s in servers}
         for r in range(args.rounds):
-            for s in servers:
+            for s in rotated(servers, r):
                 res[s.name].append(upload(s, src, f"b{r}.bin"))
                 s.file(f"b{r}.bin").unlink()
         med = per_gib(res, args.size_mib)

@@ -82,6 +82,13 @@ def upload_to_disk(server, src: Path, name: str) -> tuple[float, float]:
     return time.perf_counter() - t0, system_busy() - busy0
 
 
+def rotated(servers: list, r: int) -> list:
+    """The servers in round `r`'s order: each round starts one further along, so no server
+    always runs right after the same one (what ran just before moves a write's cost here)."""
+    k = r % len(servers)
+    return servers[k:] + servers[:k]
+
+
 def per_gib(rows: dict, size_mib: int) -> dict:
     """Median MiB/s and median CPU seconds per GiB of each server's (wall, cpu) rounds."""
     return {
@@ -195,7 +202,7 @@ def main() -> int:
         results = {s.name: [] for s in servers}
         on_disk = {s.name: [] for s in servers}
         for r in range(args.rounds):
-            for s in servers:
+            for s in rotated(servers, r):
                 results[s.name].append(upload(s, src, f"bench{r}.bin"))
                 (s.file(f"bench{r}.bin")).unlink()
                 on_disk[s.name].append(upload_to_disk(s, src, f"disk{r}.bin"))
