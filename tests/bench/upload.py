@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 from servers import CLK_TCK, CpuMeter, Ftpd, PlainLibunftp, Vsftpd
@@ -104,8 +105,6 @@ def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
     f.login(ftpd.user, ftpd.password)
     f.voidcmd("TYPE I")
     small = bytes(4096)
-    from io import BytesIO
-
     f.sendcmd("SITE KEY 0x%08X" % zlib.crc32(small))
     f.storbinary("STOR small.ts", BytesIO(small))
     # 4 GiB partial: send 4 GiB, then reset the data connection (a link that died).
@@ -137,8 +136,6 @@ def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
 def small_upload_latency(server, n: int = 50) -> float:
     """Median seconds from STOR to its 226 for a 4 KiB file on one logged-in session: what
     every upload pays besides its bytes, for a box that sends many short files."""
-    from io import BytesIO
-
     f = login(server)
     f.voidcmd("TYPE I")
     data = bytes(4096)
