@@ -211,13 +211,14 @@ pub(super) async fn control_connection(
                 None => down.await,
                 // Refused by the throttle: the replies to commands already sent (the USER
                 // pipelined before the PASS) reach the client before the front's 421.
+                // Boxed: a rare wait must not make every idle connection's future larger.
                 Some(Ending::Throttled) => {
-                    let _ = tokio::time::timeout(FAREWELL, async {
+                    let _ = Box::pin(tokio::time::timeout(FAREWELL, async {
                         tokio::select! {
                             _ = &mut down => {}
                             _ = wait_for_replies(&shared) => {}
                         }
-                    })
+                    }))
                     .await;
                     Ending::Throttled
                 }
@@ -723,6 +724,8 @@ mod tests {
         let fut = control_connection(stream, peer, settings);
         let size = std::mem::size_of_val(&fut);
         println!("control connection future: {size} bytes");
-        assert!(size <= 2048, "control connection future is {size} bytes");
+        // 1,296 bytes with rustc 1.95; a wait added unboxed to the control loop once made it
+        // 1,656 (0.4 KiB more for every idle session).
+        assert!(size <= 1400, "control connection future is {size} bytes");
     }
 }
