@@ -40,6 +40,13 @@ struct Raw {
     anonymous: bool,
     failed_logins_max: u32,
     failed_logins_window: u64,
+    failed_logins_per_address: u32,
+    max_connections: u32,
+    max_connections_per_address: u32,
+    login_timeout: u64,
+    data_idle_timeout: u64,
+    keepalive: u64,
+    password_threads: u32,
     log_level: String,
     log_format: String,
     idle_timeout: u64,
@@ -76,6 +83,19 @@ pub struct Settings {
     pub anonymous: bool,
     pub failed_logins_max: u32,
     pub failed_logins_window: Duration,
+    /// Failed logins from one address, over all users, before the address is refused; 0 = off.
+    pub failed_logins_per_address: u32,
+    /// Control connections open at once, in total and from one address.
+    pub max_connections: u32,
+    pub max_connections_per_address: u32,
+    /// Time from connecting to a successful login.
+    pub login_timeout: Duration,
+    /// Time a data connection may stay silent before the transfer is stopped.
+    pub data_idle_timeout: Duration,
+    /// TCP keepalive idle time on client sockets; `None` = off.
+    pub keepalive: Option<Duration>,
+    /// Threads that check passwords (PBKDF2), off the async workers.
+    pub password_threads: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
@@ -204,8 +224,28 @@ impl Settings {
         if r.checkpoint_mib == 0 {
             return Err(bad("checkpoint_mib", "must be at least 1"));
         }
-        if r.idle_timeout == 0 {
-            return Err(bad("idle_timeout", "must be at least 1 second"));
+        for (key, v) in [
+            ("idle_timeout", r.idle_timeout),
+            ("login_timeout", r.login_timeout),
+            ("data_idle_timeout", r.data_idle_timeout),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1 second"));
+            }
+        }
+        for (key, v) in [
+            ("max_connections", r.max_connections),
+            ("max_connections_per_address", r.max_connections_per_address),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if r.password_threads > 256 {
+            return Err(bad(
+                "password_threads",
+                "must be between 0 (one per core) and 256",
+            ));
         }
         crate::users::validate_name(&r.initial_user)
             .map_err(|e| bad("initial_user", e.to_string()))?;
@@ -249,6 +289,16 @@ impl Settings {
             anonymous: r.anonymous,
             failed_logins_max: r.failed_logins_max,
             failed_logins_window: Duration::from_secs(r.failed_logins_window),
+            failed_logins_per_address: r.failed_logins_per_address,
+            max_connections: r.max_connections,
+            max_connections_per_address: r.max_connections_per_address,
+            login_timeout: Duration::from_secs(r.login_timeout),
+            data_idle_timeout: Duration::from_secs(r.data_idle_timeout),
+            keepalive: (r.keepalive > 0).then(|| Duration::from_secs(r.keepalive)),
+            password_threads: match r.password_threads {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n as usize,
+            },
             log_level: r.log_level,
             log_format,
             idle_timeout: Duration::from_secs(r.idle_timeout),
@@ -333,6 +383,15 @@ mod tests {
             ("FTPD_DURABILITY", "maybe", "durability"),
             ("FTPD_INTERNAL_LISTEN", "0.0.0.0:1", "internal_listen"),
             ("FTPD_IDLE_TIMEOUT", "soon", "idle_timeout"),
+            ("FTPD_LOGIN_TIMEOUT", "0", "login_timeout"),
+            ("FTPD_DATA_IDLE_TIMEOUT", "0", "data_idle_timeout"),
+            ("FTPD_MAX_CONNECTIONS", "0", "max_connections"),
+            (
+                "FTPD_MAX_CONNECTIONS_PER_ADDRESS",
+                "0",
+                "max_connections_per_address",
+            ),
+            ("FTPD_PASSWORD_THREADS", "1000", "password_threads"),
         ] {
             let e = Settings::load_from(None, env(&[(k, v)]))
                 .unwrap_err()
