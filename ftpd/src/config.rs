@@ -166,12 +166,6 @@ impl Settings {
         }
         let passive_ports =
             parse_ports(&r.passive_ports).map_err(|reason| bad("passive_ports", reason))?;
-        if passive_ports.end() == passive_ports.start() {
-            return Err(bad(
-                "passive_ports",
-                "needs at least two ports (libunftp's port allocator requires it)",
-            ));
-        }
         if passive_ports.contains(&listen.port()) {
             return Err(bad(
                 "passive_ports",

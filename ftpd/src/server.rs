@@ -107,7 +107,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         },
         handoff: s.front.then(|| Arc::new(Handoff::default())),
     });
-    let authenticator = Arc::new(UsersAuthenticator::new(s.users_file.clone(), s.anonymous)?);
+    let authenticator = Arc::new(UsersAuthenticator::new(
+        s.users_file.clone(),
+        s.anonymous,
+        s.password_threads,
+    )?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
 
     let generator_shared = shared.clone();
@@ -128,17 +132,26 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         let _ = stop_rx.await;
         Shutdown::new().grace_period(Duration::from_secs(2))
     });
-    // With the front, libunftp listens on loopback in PROXY mode and the front owns the public
-    // port, the passive ports and per-address login throttling (libunftp would see every client
-    // as the loopback address, so its own policy would let one attacker lock everyone out).
+    // With the front, libunftp listens on loopback in its ordinary mode, with passive ports the
+    // kernel picks on loopback; the front owns the public port, the public passive ports (and
+    // which session each belongs to) and per-address login throttling (libunftp would see every
+    // client as the loopback address, so its own policy would let one attacker lock everyone out).
     let front = if s.front {
         let backend = reserve_loopback(s.internal_listen)?;
         let mut cfg = crate::front::FrontConfig::new(s.listen, s.passive_ports.clone(), backend);
+        cfg.passive_host = s.passive_host;
         cfg.login_failures = s.failed_logins_max;
+        cfg.login_failures_per_address = s.failed_logins_per_address;
         cfg.login_window = s.failed_logins_window;
+        cfg.max_connections = s.max_connections;
+        cfg.max_connections_per_address = s.max_connections_per_address;
+        cfg.login_timeout = s.login_timeout;
+        cfg.data_idle = s.data_idle_timeout;
+        cfg.keepalive = s.keepalive;
         cfg.handoff = shared.handoff.clone();
         let front = crate::front::Front::bind(cfg).await?;
-        builder = builder.proxy_protocol_mode(front.local_addr().port());
+        // Port 0: the kernel picks a free loopback port for each PASV.
+        builder = builder.passive_ports(0..=0);
         Some((front, backend))
     } else {
         if s.failed_logins_max > 0 {
@@ -148,11 +161,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
                 FailedLoginsBlock::UserAndIP,
             ));
         }
+        if let Some(ip) = s.passive_host {
+            builder = builder.passive_host(ip);
+        }
         None
     };
-    if let Some(ip) = s.passive_host {
-        builder = builder.passive_host(ip);
-    }
     if let Some((cert, key)) = &s.ftps {
         builder = builder.ftps(cert.clone(), key.clone());
     }

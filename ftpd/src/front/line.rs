@@ -90,23 +90,60 @@ impl LineSplitter {
 pub enum LineKind {
     /// Bare `KEY`: rewritten to `SITE KEY`.
     Key,
+    /// `USER`: names the account the next `PASS` is counted against.
+    User,
     /// `PASS`: its reply feeds the failed-login throttle.
     Pass,
     /// `AUTH`: a `234` reply turns the control channel into TLS.
     Auth,
     /// `REST` with an offset libunftp accepts: sets the offset of the next transfer.
     Rest,
-    /// `STOR`, `RETR`, `STOU`, `APPE`: a transfer that uses libunftp's restart offset.
-    Transfer,
+    /// `REST` with a missing or malformed offset: libunftp would answer `501` and close the
+    /// session, so the front answers it and keeps the session.
+    BadRest,
+    /// A command that uses a data connection; `rest` says whether it uses libunftp's restart
+    /// offset (`STOR`, `RETR`, `STOU`, `APPE`).
+    Transfer(Direction),
     /// Data-connection set-up (`PASV`, `EPSV`, `PORT`, `EPRT`, `TYPE`, `MODE`, `STRU`), which
     /// clients may send between `REST` and the transfer and which leaves the offset alone.
     Setup,
+    /// A command word that is not plain printable ASCII. libunftp upper-cases the full Unicode
+    /// range (`PAſS` is `PASS` to it), so such a word could mean anything: the front refuses it.
+    NotAscii,
     /// Anything else: passed through untouched.
     Other,
 }
 
-/// The command word: the bytes before the first space, CR or LF, as libunftp's parser splits it.
+/// Which way a data transfer moves bytes, and whether libunftp's restart offset applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `STOR`, `APPE`, `STOU`: the client sends; these may skip the relay (the hand-off).
+    Upload,
+    /// `RETR`: the server sends a file from the restart offset.
+    Download,
+    /// `LIST`, `NLST`, `MLSD`: the server sends a listing; no restart offset.
+    Listing,
+}
+
+/// Telnet commands (`IAC x`, e.g. the interrupt some clients send before `ABOR`) in front of
+/// the command word: not part of the command, and not text.
+fn telnet_prefix(line: &[u8]) -> usize {
+    let mut i = 0;
+    while line.len() >= i + 2 && line[i] == 0xFF {
+        i += 2;
+    }
+    i
+}
+
+/// The line without telnet commands in front of it, as it is forwarded.
+pub fn without_telnet(line: &[u8]) -> &[u8] {
+    &line[telnet_prefix(line)..]
+}
+
+/// The command word: the bytes before the first space, CR or LF, as libunftp's parser splits it
+/// (after any telnet commands).
 pub fn command_word(line: &[u8]) -> &[u8] {
+    let line = without_telnet(line);
     let end = line
         .iter()
         .position(|&b| b == b' ' || b == b'\r' || b == b'\n')
@@ -114,12 +151,31 @@ pub fn command_word(line: &[u8]) -> &[u8] {
     &line[..end]
 }
 
-/// Classifies a line by its command word, case-insensitively.
+/// The argument of a line: what follows the command word and one space, without the line end.
+pub fn argument(line: &[u8]) -> &[u8] {
+    let line = without_telnet(line);
+    let word = command_word(line).len();
+    let rest = line[word..].strip_prefix(b" ").unwrap_or(&[]);
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Classifies a line by its command word, case-insensitively; a word that is not plain
+/// printable ASCII is [`LineKind::NotAscii`], so the front and libunftp never disagree.
 pub fn classify(line: &[u8]) -> LineKind {
     let word = command_word(line);
+    if !word.iter().all(|b| b.is_ascii_graphic()) {
+        return LineKind::NotAscii;
+    }
     let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    let any = |ws: &[&[u8]]| ws.iter().any(|w| is(w));
     if is(b"KEY") {
         LineKind::Key
+    } else if is(b"USER") {
+        LineKind::User
     } else if is(b"PASS") {
         LineKind::Pass
     } else if is(b"AUTH") {
@@ -127,25 +183,17 @@ pub fn classify(line: &[u8]) -> LineKind {
     } else if is(b"REST") {
         match rest_offset(line) {
             Some(_) => LineKind::Rest,
-            None => LineKind::Other,
+            None => LineKind::BadRest,
         }
-    } else if [&b"STOR"[..], b"RETR", b"STOU", b"APPE"]
-        .into_iter()
-        .any(is)
-    {
-        LineKind::Transfer
-    } else if [
-        &b"PASV"[..],
-        b"EPSV",
-        b"PORT",
-        b"EPRT",
-        b"TYPE",
-        b"MODE",
-        b"STRU",
-    ]
-    .into_iter()
-    .any(is)
-    {
+    } else if any(&[b"STOR", b"STOU", b"APPE"]) {
+        LineKind::Transfer(Direction::Upload)
+    } else if is(b"RETR") {
+        LineKind::Transfer(Direction::Download)
+    } else if any(&[b"LIST", b"NLST", b"MLSD"]) {
+        LineKind::Transfer(Direction::Listing)
+    } else if any(&[
+        b"PASV", b"EPSV", b"PORT", b"EPRT", b"TYPE", b"MODE", b"STRU",
+    ]) {
         LineKind::Setup
     } else {
         LineKind::Other
@@ -153,15 +201,11 @@ pub fn classify(line: &[u8]) -> LineKind {
 }
 
 /// The offset of a `REST` line as libunftp reads it (decimal `u64` up to the line end), or
-/// `None` when libunftp would refuse it and so keep its previous offset.
+/// `None` when libunftp would refuse it.
 fn rest_offset(line: &[u8]) -> Option<u64> {
-    let word = command_word(line);
-    let rest = line[word.len()..].strip_prefix(b" ")?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(rest.len());
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+    let arg = argument(line);
+    // `u64::from_str` takes a leading `+`; libunftp's parser does too, so the two agree.
+    std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
 /// Turns `KEY <args>` into `SITE KEY <args>`, keeping the arguments and terminator byte for byte.
@@ -170,6 +214,7 @@ pub fn rewrite_key(line: &[u8]) -> Option<Vec<u8>> {
     if classify(line) != LineKind::Key {
         return None;
     }
+    let line = without_telnet(line);
     let rest = &line[command_word(line).len()..];
     let mut out = Vec::with_capacity(rest.len() + 8);
     out.extend_from_slice(b"SITE KEY");
@@ -372,19 +417,57 @@ mod tests {
         assert_eq!(classify(b"AUTH TLS\r\n"), LineKind::Auth);
         assert_eq!(classify(b"auth ssl\n"), LineKind::Auth);
         assert_eq!(classify(b"PASSWD\r\n"), LineKind::Other);
-        assert_eq!(classify(b"\xff\xf4ABOR\r\n"), LineKind::Other);
+        assert_eq!(classify(b"user bob\r\n"), LineKind::User);
+    }
+
+    #[test]
+    fn telnet_commands_before_the_word_are_not_part_of_it() {
+        assert_eq!(classify(b"\xff\xf4\xff\xf2ABOR\r\n"), LineKind::Other);
+        assert_eq!(without_telnet(b"\xff\xf4ABOR\r\n"), b"ABOR\r\n");
+        assert_eq!(command_word(b"\xff\xf4ABOR\r\n"), b"ABOR");
+    }
+
+    /// Unicode upper-cases `ß` to `SS` and `ſ` to `S`: libunftp would read these as PASS,
+    /// REST and STOR. The front refuses every word that is not plain ASCII.
+    #[test]
+    fn words_that_are_not_plain_ascii_are_refused() {
+        for word in [
+            "PA\u{df}",
+            "PA\u{17f}S",
+            "RE\u{17f}T",
+            "\u{17f}TOR",
+            "\u{fb06}OR",
+            "P\u{130}SS",
+        ] {
+            let line = format!("{word} x\r\n");
+            assert_eq!(classify(line.as_bytes()), LineKind::NotAscii, "{word}");
+        }
+        assert_eq!(classify(b"PA\x00SS x\r\n"), LineKind::NotAscii);
+        assert_eq!(classify(b"\xfePASS\r\n"), LineKind::NotAscii);
+        assert_eq!(classify(b"\r\n"), LineKind::Other);
     }
 
     #[test]
     fn classify_finds_rest_transfers_and_setup() {
         assert_eq!(classify(b"REST 1000\r\n"), LineKind::Rest);
         assert_eq!(classify(b"rest 0\n"), LineKind::Rest);
-        assert_eq!(classify(b"REST abc\r\n"), LineKind::Other);
-        assert_eq!(classify(b"REST -1\r\n"), LineKind::Other);
-        assert_eq!(classify(b"REST\r\n"), LineKind::Other);
-        assert_eq!(classify(b"REST 18446744073709551616\r\n"), LineKind::Other);
-        for l in [&b"STOR a\r\n"[..], b"retr a\r\n", b"STOU\r\n", b"APPE x\n"] {
-            assert_eq!(classify(l), LineKind::Transfer);
+        assert_eq!(classify(b"REST abc\r\n"), LineKind::BadRest);
+        assert_eq!(classify(b"REST -1\r\n"), LineKind::BadRest);
+        assert_eq!(classify(b"REST\r\n"), LineKind::BadRest);
+        assert_eq!(classify(b"REST \r\n"), LineKind::BadRest);
+        assert_eq!(
+            classify(b"REST 18446744073709551616\r\n"),
+            LineKind::BadRest
+        );
+        for l in [&b"STOR a\r\n"[..], b"STOU\r\n", b"APPE x\n"] {
+            assert_eq!(classify(l), LineKind::Transfer(Direction::Upload));
+        }
+        assert_eq!(
+            classify(b"retr a\r\n"),
+            LineKind::Transfer(Direction::Download)
+        );
+        for l in [&b"LIST\r\n"[..], b"nlst x\r\n", b"MLSD\r\n"] {
+            assert_eq!(classify(l), LineKind::Transfer(Direction::Listing));
         }
         for l in [
             &b"PASV\r\n"[..],

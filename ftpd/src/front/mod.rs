@@ -1,87 +1,78 @@
 //! The front: a TCP relay on ftpd's public port that lets existing set-top-box firmware send
-//! `KEY …` as a top-level command, which libunftp cannot route.
+//! `KEY …` as a top-level command, which libunftp cannot route, and that bounds what clients can
+//! hold.
 //!
 //! Each client line whose command word is `KEY` (any case) is rewritten to `SITE KEY <same
-//! arguments>`; every other byte goes through unchanged in both directions, so ordinary clients
-//! see libunftp exactly as it is. libunftp listens on loopback in PROXY protocol mode; the front
-//! opens one back-end connection per client control or data connection and starts it with a
-//! PROXY v1 header naming the real client address and the public address and port the client
-//! reached. The front also listens on the passive ports and relays each data connection with
-//! that passive port as the header's destination, which is how libunftp's switchboard finds the
-//! session (by client IP and port).
+//! arguments>`; other lines go through unchanged, so ordinary clients see libunftp as it is.
+//! libunftp runs in its ordinary mode on a loopback address; the front opens one back-end
+//! connection per client control connection. What the front knows of a session is one state
+//! machine, [`session::ControlSession`]; `control.rs` is the I/O around it.
 //!
-//! # Uploads skip the relay
-//! A data connection whose client speaks first, with a byte that cannot open a TLS handshake,
-//! is a plain upload (downloads and listings start with the server's bytes). The front then parks
-//! the client's socket in the shared [`Handoff`] and sends a one-time ticket down the back-end
-//! connection instead of relaying; the upload path finds the ticket in the first bytes libunftp
-//! passes to `put` and reads the client's socket directly (see [`crate::handoff`]). The back-end
-//! connection stays open, silent, until libunftp closes it. Everything else is relayed.
+//! # Passive data connections
+//! The front owns the public passive ports. libunftp answers each `PASV`/`EPSV` with a port of
+//! its own on loopback; the front promises one of its public ports to that session for the
+//! client's address, and announces that port instead (`passive.rs`). A connection to a public
+//! passive port is matched to its promise (by port and client address, used once, never shared
+//! by two sessions of one address) and connected to that session's libunftp port; anything else
+//! is closed at once. `EPSV` works too.
 //!
-//! # What libunftp must be told
-//! * `proxy_protocol_mode(public_port)` (the port of [`Front::local_addr`]),
-//!   `passive_ports(<the front's range>)`, and `listen(backend_addr)` on a loopback address.
-//! * `passive_host` stays at its default (from the connection): in PROXY mode the `227` reply
-//!   carries the destination address of the PROXY header, which the front fills with the address
-//!   the client connected to, so no rewriting is needed. Behind NAT, set `passive_host` to the
-//!   external address as usual. EPSV answers `502` in this mode; clients fall back to PASV.
-//! * No `failed_logins_policy` blocking by IP (`IP` or `UserAndIP`): libunftp sees every client
-//!   as the loopback address, so one attacker would lock everybody out. The front throttles per
-//!   real IP instead. Authenticators likewise see `127.0.0.1` as the source IP, so per-user IP
-//!   allow-lists cannot work behind the front.
+//! A plain upload skips the relay: once the session's transfer command is an upload, the front
+//! parks the client's socket in the shared [`Handoff`] and sends a one-time ticket down the
+//! back-end connection instead; the upload path finds the ticket and reads the client's socket
+//! directly (see [`crate::handoff`]). Downloads and listings are relayed by `splice(2)`.
+//!
+//! # Refused by the front itself
+//! * A command word that is not plain printable ASCII gets `500`: libunftp upper-cases the full
+//!   Unicode range (`PAſS` is `PASS` to it), and the front must never disagree with it about
+//!   what a line is.
+//! * `REST` with a missing or malformed offset gets `501` and the session goes on (libunftp
+//!   would close it).
 //!
 //! # Failed-login throttling
-//! The front watches `PASS` lines and the `230`/`530` that settle them. After
-//! [`FrontConfig::login_failures`] failures from one IP within [`FrontConfig::login_window`], the
-//! IP is blocked for one window: the connection that hit the limit gets its `530` and then `421`
-//! and is closed, and new connections and logins from that IP get `421`. A success clears the
-//! count. Attempts still awaiting their result count against the limit and each connection has
-//! one `PASS` in flight at a time, so neither pipelining nor parallel connections get more
-//! guesses through.
+//! The front watches `USER`/`PASS` and the `230`/`530` that settle them, and counts failures per
+//! (address, user) and per address ([`throttle`]). A connection that reaches a limit gets its
+//! `530` and then `421`; a blocked address is refused on connect. One `PASS` is in flight per
+//! connection, and attempts awaiting their result count against the limits, so neither
+//! pipelining nor parallel connections get more guesses through.
 //!
 //! # Restart offsets
 //! libunftp keeps a `REST` offset in the session until a transfer succeeds, so after a refused
 //! resume the next `STOR` or `RETR` of the session would silently start at the old offset. The
 //! front therefore sends `REST 0` ahead of every `STOR`, `RETR`, `STOU` and `APPE` that does not
-//! follow a `REST` (data-connection set-up — `PASV`, `EPSV`, `PORT`, `EPRT`, `TYPE`, `MODE`,
-//! `STRU` — may come in between, as many clients send it there), and leaves the reply to it out.
-//! A `REST` with an offset libunftp refuses does not count, since libunftp then keeps the old one.
-//! To know which reply to leave out, the front counts final replies against the lines it sent and
-//! holds such a transfer command until every earlier command has been answered (libunftp answers
-//! some commands, e.g. `DELE` or `SIZE`, from background tasks, so pipelined replies may arrive out
-//! of order); clients that wait for each reply never wait longer. If earlier replies do not come
-//! within 15 seconds the transfer goes through without `REST 0`. Inside TLS sessions (after
-//! `AUTH TLS`) the front cannot see commands, so the stale offset stays possible there.
+//! follow a `REST` (data-connection set-up may come in between), and leaves the reply to it out,
+//! once every earlier command has been answered (within 15 s; otherwise the transfer goes
+//! through without it). Inside TLS the front cannot see commands, so this does not apply there.
 //!
 //! # Limits
-//! * Lines longer than [`FrontConfig::max_line`] get `500 Command line too long.` and the
-//!   connection is closed; a line not finished within [`FrontConfig::line_timeout`] gets `421`
-//!   and is closed. A control connection holds at most one unfinished line (`max_line`); an idle
-//!   one holds no buffer at all (reads wait for readiness first and copy only what arrived).
-//!   Data connections are relayed by `splice(2)` through a pipe per direction on Linux (the
-//!   bytes are never copied into the front; at most 1 MiB per direction is in flight), through
-//!   fixed 256 KiB buffers elsewhere.
-//! * After `AUTH TLS`/`AUTH SSL` is answered `234` the control channel is TLS and the front relays
-//!   it as raw bytes: bare `KEY` then no longer works (`SITE KEY` does), and login results inside
-//!   TLS sessions are not seen, so they are not counted (a blocked address is still refused when
-//!   it connects).
-//! * Clients must use IPv4 (IPv4-mapped addresses on a dual-stack listener are fine): libunftp
-//!   parses only `TCP4` PROXY headers and its `227` reply carries an IPv4 address. Plain IPv6
-//!   clients get `421`.
-//! * A PROXY header sent by a client is an ordinary command line to the front; only the front's
-//!   own back-end connections carry headers.
-//! * Logs (`tracing`) carry the real client address in the `client` field of each connection's
-//!   span.
+//! * Connections: `max_connections` in total and `max_connections_per_address`; past either a
+//!   new control connection gets `421`. A connection not logged in within `login_timeout` gets
+//!   `421`. Client sockets get TCP keepalive.
+//! * Lines longer than `max_line` get `500` and the connection is closed; a line not finished
+//!   within `line_timeout` gets `421`. Inside TLS (after `AUTH TLS` is answered `234`) the front
+//!   relays bytes as they are, and a client that sends more than four lines' worth (at least
+//!   32 KiB) without getting any reply is disconnected, so libunftp's line buffer stays bounded.
+//! * A relayed data connection with no byte either way for `data_idle` is closed; an upload that
+//!   was handed over is timed by the upload path with the same setting.
+//! * Clients must use IPv4 (IPv4-mapped addresses on a dual-stack listener are fine): `227`
+//!   carries only IPv4.
+//! * Logs carry the real client address in the `client` field of each connection's span.
 
-mod line;
-mod proxy_header;
-mod relay;
-mod reply;
+mod control;
+mod data;
+pub mod limits;
+pub mod line;
+pub mod passive;
+pub mod reply;
+pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
-mod throttle;
+pub mod throttle;
 
 use crate::handoff::Handoff;
+use control::ControlSettings;
+use data::DataSettings;
+use limits::{Connections, Refusal};
+use passive::PassiveTable;
 use throttle::LoginThrottle;
 
 use std::future::Future;
@@ -99,16 +90,31 @@ use tracing::Instrument;
 pub struct FrontConfig {
     /// Client-facing control listener (ftpd's public FTP address).
     pub public_addr: SocketAddr,
-    /// Passive ports, listened on at `public_addr.ip()`; libunftp gets the same range.
+    /// Passive ports, listened on at `public_addr.ip()`; a port that cannot be bound is left out.
     pub passive_ports: RangeInclusive<u16>,
-    /// libunftp's loopback listener in PROXY protocol mode.
+    /// Address announced in passive replies; `None`: the address the client connected to.
+    pub passive_host: Option<std::net::Ipv4Addr>,
+    /// libunftp's loopback listener (ordinary mode, passive ports of its own on loopback).
     pub backend_addr: SocketAddr,
     /// Longest accepted command line in bytes, CRLF included.
     pub max_line: usize,
     /// Time allowed for a started command line to be finished.
     pub line_timeout: Duration,
-    /// Failed logins from one IP within `login_window` before that IP is refused; 0 = off.
+    /// Failed logins for one user from one address within `login_window` before that user is
+    /// refused from there; 0 turns throttling off.
     pub login_failures: u32,
+    /// Failed logins from one address over all users before the address is refused; 0 = no
+    /// address-wide limit.
+    pub login_failures_per_address: u32,
+    /// Control connections open at once, in total and from one address.
+    pub max_connections: u32,
+    pub max_connections_per_address: u32,
+    /// Time from connecting to a successful login.
+    pub login_timeout: Duration,
+    /// A relayed data connection silent this long either way is closed.
+    pub data_idle: Duration,
+    /// TCP keepalive idle time on client sockets; `None` = off.
+    pub keepalive: Option<Duration>,
     /// Counting window, and how long a blocked IP stays blocked (at most 30 days).
     pub login_window: Duration,
     /// Where plain uploads are parked for the upload path to read directly; `None` relays them.
@@ -121,6 +127,12 @@ impl FrontConfig {
     pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_LOGIN_FAILURES: u32 = 5;
     pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(300);
+    pub const DEFAULT_LOGIN_FAILURES_PER_ADDRESS: u32 = 50;
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+    pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 1024;
+    pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_DATA_IDLE: Duration = Duration::from_secs(60);
+    pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
     /// A configuration with the default limits.
     pub fn new(
@@ -131,11 +143,18 @@ impl FrontConfig {
         FrontConfig {
             public_addr,
             passive_ports,
+            passive_host: None,
             backend_addr,
             max_line: Self::DEFAULT_MAX_LINE,
             line_timeout: Self::DEFAULT_LINE_TIMEOUT,
             login_failures: Self::DEFAULT_LOGIN_FAILURES,
+            login_failures_per_address: Self::DEFAULT_LOGIN_FAILURES_PER_ADDRESS,
             login_window: Self::DEFAULT_LOGIN_WINDOW,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: Self::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
+            data_idle: Self::DEFAULT_DATA_IDLE,
+            keepalive: Some(Self::DEFAULT_KEEPALIVE),
             handoff: None,
         }
     }
@@ -147,19 +166,28 @@ pub enum FrontError {
     /// The public control address cannot be bound.
     #[error("cannot listen for FTP control connections on {addr}: {source}")]
     BindControl { addr: SocketAddr, source: io::Error },
-    /// A passive port cannot be bound.
-    #[error("cannot listen on passive port {addr}: {source}")]
-    BindPassive { addr: SocketAddr, source: io::Error },
+    /// Not one port of the passive range can be bound.
+    #[error("cannot listen on any passive port {start}-{end} at {ip}: {source}")]
+    NoPassivePort {
+        ip: std::net::IpAddr,
+        start: u16,
+        end: u16,
+        source: io::Error,
+    },
     /// The back-end must be reachable only from this host, or anyone could forge PROXY headers.
     #[error("back-end address {0} is not a loopback address")]
     BackendNotLoopback(SocketAddr),
-    /// The passive range has fewer than two ports (libunftp's allocator divides by its width)
-    /// or contains the control port.
-    #[error("passive port range {start}-{end} needs at least two ports and must not contain the control port {control}")]
+    /// The passive range is empty or contains the control port.
+    #[error(
+        "passive port range {start}-{end} must not be empty or contain the control port {control}"
+    )]
     BadPassiveRange { start: u16, end: u16, control: u16 },
-    /// A zero line timeout would cut every command that arrives in more than one packet.
-    #[error("line_timeout must be greater than zero")]
-    ZeroLineTimeout,
+    /// A zero timeout would cut every connection at once.
+    #[error("{0} must be greater than zero")]
+    ZeroTimeout(&'static str),
+    /// A zero connection limit would refuse everybody.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
     /// The line limit is too small for ordinary FTP commands.
     #[error("max_line {0} is too small (at least {min})", min = MIN_LINE)]
     LineLimitTooSmall(usize),
@@ -175,7 +203,7 @@ const MIN_LINE: usize = 64;
 #[derive(Debug)]
 pub struct Front {
     control: TcpListener,
-    passive: Vec<TcpListener>,
+    passive: Vec<(u16, TcpListener)>,
     local_addr: SocketAddr,
     cfg: FrontConfig,
     throttle: Arc<LoginThrottle>,
@@ -190,8 +218,25 @@ impl Front {
         if cfg.max_line < MIN_LINE {
             return Err(FrontError::LineLimitTooSmall(cfg.max_line));
         }
-        if cfg.line_timeout.is_zero() {
-            return Err(FrontError::ZeroLineTimeout);
+        for (name, t) in [
+            ("line_timeout", cfg.line_timeout),
+            ("login_timeout", cfg.login_timeout),
+            ("data_idle", cfg.data_idle),
+        ] {
+            if t.is_zero() {
+                return Err(FrontError::ZeroTimeout(name));
+            }
+        }
+        for (name, n) in [
+            ("max_connections", cfg.max_connections),
+            (
+                "max_connections_per_address",
+                cfg.max_connections_per_address,
+            ),
+        ] {
+            if n == 0 {
+                return Err(FrontError::ZeroLimit(name));
+            }
         }
         let control =
             TcpListener::bind(cfg.public_addr)
@@ -207,22 +252,48 @@ impl Front {
                 source,
             })?;
         let (start, end) = (*cfg.passive_ports.start(), *cfg.passive_ports.end());
-        if start == 0 || end <= start || cfg.passive_ports.contains(&local_addr.port()) {
+        if start == 0 || end < start || cfg.passive_ports.contains(&local_addr.port()) {
             return Err(FrontError::BadPassiveRange {
                 start,
                 end,
                 control: local_addr.port(),
             });
         }
+        // A port that is busy (another program, or an outgoing connection that the kernel gave
+        // a port in this range) is left out: one busy port must not stop the server.
         let mut passive = Vec::with_capacity(cfg.passive_ports.len());
+        let mut busy = Vec::new();
+        let mut last_error = None;
         for port in cfg.passive_ports.clone() {
-            let addr = SocketAddr::new(local_addr.ip(), port);
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| FrontError::BindPassive { addr, source })?;
-            passive.push(listener);
+            match TcpListener::bind(SocketAddr::new(local_addr.ip(), port)).await {
+                Ok(listener) => passive.push((port, listener)),
+                Err(e) => {
+                    busy.push(port);
+                    last_error = Some(e);
+                }
+            }
         }
-        let throttle = Arc::new(LoginThrottle::new(cfg.login_failures, cfg.login_window));
+        if let Some(source) = last_error {
+            if passive.is_empty() {
+                return Err(FrontError::NoPassivePort {
+                    ip: local_addr.ip(),
+                    start,
+                    end,
+                    source,
+                });
+            }
+            tracing::warn!(
+                ports = ?busy,
+                error = %source,
+                usable = passive.len(),
+                "passive ports in use elsewhere are left out"
+            );
+        }
+        let throttle = Arc::new(LoginThrottle::new(
+            cfg.login_failures,
+            cfg.login_failures_per_address,
+            cfg.login_window,
+        ));
         Ok(Front {
             control,
             passive,
@@ -235,6 +306,11 @@ impl Front {
     /// The bound control address (useful when `public_addr` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The passive ports actually listened on.
+    pub fn passive_ports(&self) -> Vec<u16> {
+        self.passive.iter().map(|(p, _)| *p).collect()
     }
 
     /// Accepts connections until `shutdown` completes, then stops accepting; connections already
@@ -253,27 +329,61 @@ impl Front {
             passive = ?cfg.passive_ports,
             "front listening"
         );
-        let settings = relay::ControlSettings {
+        let table = PassiveTable::new(passive.iter().map(|(p, _)| *p).collect());
+        let settings = ControlSettings {
             backend_addr: cfg.backend_addr,
             max_line: cfg.max_line,
             line_timeout: cfg.line_timeout.min(throttle::MAX_WINDOW),
+            login_timeout: cfg.login_timeout.min(throttle::MAX_WINDOW),
+            keepalive: cfg.keepalive,
+            passive_host: cfg.passive_host,
             throttle,
+            passive: table.clone(),
         };
+        let connections = Connections::new(cfg.max_connections, cfg.max_connections_per_address);
         let mut acceptors = JoinSet::new();
-        acceptors.spawn(accept_loop(control, move |stream, peer| {
+        acceptors.spawn(accept_loop(control, move |mut stream, peer| {
             let span = tracing::info_span!("ftp", client = %peer);
-            tokio::spawn(
-                relay::control_connection(stream, peer, settings.clone()).instrument(span),
-            );
+            let settings = settings.clone();
+            match connections.admit(limits::canonical(peer).ip()) {
+                Ok(place) => {
+                    tokio::spawn(
+                        async move {
+                            control::control_connection(stream, peer, settings).await;
+                            drop(place);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(refusal) => {
+                    tokio::spawn(
+                        async move {
+                            tracing::warn!(?refusal, "connection limit reached; refused");
+                            let reply: &[u8] = match refusal {
+                                Refusal::Total => b"421 Too many connections, try again later.\r\n",
+                                Refusal::Address => {
+                                    b"421 Too many connections from your address, try again later.\r\n"
+                                }
+                            };
+                            control::farewell(&mut stream, reply).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
         }));
-        for listener in passive {
-            let backend = cfg.backend_addr;
-            let handoff = cfg.handoff.clone();
+        let data = DataSettings {
+            passive: table,
+            handoff: cfg.handoff.clone(),
+            idle: cfg.data_idle,
+            keepalive: cfg.keepalive,
+        };
+        for (port, listener) in passive {
+            let data = data.clone();
             acceptors.spawn(accept_loop(listener, move |stream, peer| {
                 let span = tracing::info_span!("ftp-data", client = %peer);
-                let handoff = handoff.clone();
                 tokio::spawn(
-                    relay::data_connection(stream, peer, backend, handoff).instrument(span),
+                    data::data_connection(stream, peer, port, data.clone()).instrument(span),
                 );
             }));
         }

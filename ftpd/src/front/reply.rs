@@ -1,7 +1,12 @@
 //! Watches server replies, to find the codes the front acts on, and leaves out the replies to
 //! commands the front injected itself.
 //!
-//! Only the first four bytes of each line are kept, so a long reply line costs no memory.
+//! Only the first four bytes of each line are kept, so a long reply line costs no memory; the
+//! exceptions are `227` and `229` lines (at most [`HOLD_MAX`] bytes), which the front rewrites to
+//! announce its own passive ports.
+
+/// Longest `227`/`229` line held for rewriting; a longer one passes unchanged.
+pub const HOLD_MAX: usize = 256;
 
 /// Finds the code of every complete reply in the server's byte stream, including multi-line
 /// replies (`213-...` ... `213 end`), counts the final (non-`1xx`) ones, and can drop one of them.
@@ -15,6 +20,9 @@ pub struct ReplyScanner {
     finals: u64,
     /// The reply being read is left out.
     dropping: bool,
+    /// Bytes of a line that may be a `227`/`229` reply, held until it is known and complete.
+    held: Vec<u8>,
+    holding: bool,
 }
 
 impl ReplyScanner {
@@ -27,20 +35,23 @@ impl ReplyScanner {
     /// number of bytes consumed is returned.
     #[cfg(test)]
     pub fn feed(&mut self, data: &[u8], on_reply: impl FnMut(u16) -> bool) -> usize {
-        self.scan(data, None, None, on_reply)
+        self.scan(data, None, None, on_reply, |_| None)
     }
 
     /// Like [`feed`](Self::feed), but appends to `out` every byte except those of final reply
     /// number `drop` (counting from 0, the greeting), which is also not reported to `on_reply`.
-    /// Bytes after the point where scanning stopped are not copied.
+    /// A complete single-line `227` or `229` reply is passed to `rewrite` first, and what it
+    /// returns replaces the line (`None` keeps it). Bytes after the point where scanning stopped
+    /// are not copied.
     pub fn filter(
         &mut self,
         data: &[u8],
         drop: Option<u64>,
         out: &mut Vec<u8>,
         on_reply: impl FnMut(u16) -> bool,
+        rewrite: impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) -> usize {
-        self.scan(data, drop, Some(out), on_reply)
+        self.scan(data, drop, Some(out), on_reply, rewrite)
     }
 
     /// Final replies completed so far, the greeting included.
@@ -54,20 +65,33 @@ impl ReplyScanner {
         drop: Option<u64>,
         mut out: Option<&mut Vec<u8>>,
         mut on_reply: impl FnMut(u16) -> bool,
+        mut rewrite: impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) -> usize {
         for (i, &b) in data.iter().enumerate() {
             if !self.mid_line && self.multiline.is_none() {
                 // A reply starts here: a final one is recognised by its first digit, so whether
                 // to drop it is known before any of its bytes would have been passed on.
                 self.dropping = drop == Some(self.finals) && (b'2'..=b'5').contains(&b);
+                self.holding = !self.dropping && b == b'2' && out.is_some();
             }
-            if !self.dropping {
+            if self.holding {
+                self.held.push(b);
+                let known = self.held.len() >= 4 || b == b'\n';
+                let wanted = self.held.starts_with(b"227 ") || self.held.starts_with(b"229 ");
+                if (known && !wanted) || self.held.len() > HOLD_MAX {
+                    self.release(out.as_deref_mut(), None);
+                }
+            } else if !self.dropping {
                 if let Some(out) = out.as_deref_mut() {
                     out.push(b);
                 }
             }
             self.mid_line = b != b'\n';
             if b == b'\n' {
+                if self.holding {
+                    let replacement = rewrite(&self.held);
+                    self.release(out.as_deref_mut(), replacement);
+                }
                 let code = self.end_of_line();
                 self.head_len = 0;
                 let dropped = std::mem::take(&mut self.dropping);
@@ -90,10 +114,19 @@ impl ReplyScanner {
         data.len()
     }
 
+    /// Stops holding: the held bytes (or their replacement) go out.
+    fn release(&mut self, out: Option<&mut Vec<u8>>, replacement: Option<Vec<u8>>) {
+        let held = std::mem::take(&mut self.held);
+        if let Some(out) = out {
+            out.extend_from_slice(replacement.as_deref().unwrap_or(&held));
+        }
+        self.holding = false;
+    }
+
     /// Whether the client has seen a complete line last, so text the front injects starts on its
     /// own line.
     pub fn at_line_start(&self) -> bool {
-        !self.mid_line || self.dropping
+        !self.mid_line || self.dropping || (self.holding && self.held.is_empty())
     }
 
     fn end_of_line(&mut self) -> Option<u16> {
@@ -226,11 +259,72 @@ mod tests {
     fn filtered(s: &mut ReplyScanner, data: &[u8], drop: Option<u64>) -> (Vec<u8>, Vec<u16>) {
         let mut out = Vec::new();
         let mut seen = Vec::new();
-        s.filter(data, drop, &mut out, |c| {
-            seen.push(c);
-            true
-        });
+        s.filter(
+            data,
+            drop,
+            &mut out,
+            |c| {
+                seen.push(c);
+                true
+            },
+            |_| None,
+        );
         (out, seen)
+    }
+
+    /// Passive replies are rewritten whole, wherever the reads split them; other lines that
+    /// start with 2 pass through unchanged.
+    #[test]
+    fn passive_replies_are_rewritten_across_split_reads() {
+        let data: &[u8] = b"220 hi\r\n227 Entering Passive Mode (127,0,0,1,4,1)\r\n200 ok\r\n229 Entering Extended Passive Mode (|||1025|)\r\n22\r\n";
+        for split in 1..data.len() {
+            let mut s = ReplyScanner::new();
+            let mut out = Vec::new();
+            let mut seen = Vec::new();
+            for part in [&data[..split], &data[split..]] {
+                s.filter(
+                    part,
+                    None,
+                    &mut out,
+                    |c| {
+                        seen.push(c);
+                        true
+                    },
+                    |line| {
+                        Some(
+                            format!(
+                                "{} rewritten\r\n",
+                                std::str::from_utf8(&line[..3]).unwrap_or("?")
+                            )
+                            .into_bytes(),
+                        )
+                    },
+                );
+            }
+            assert_eq!(
+                out,
+                b"220 hi\r\n227 rewritten\r\n200 ok\r\n229 rewritten\r\n22\r\n".to_vec(),
+                "split at {split}"
+            );
+            assert_eq!(seen, vec![220, 227, 200, 229]);
+        }
+    }
+
+    #[test]
+    fn an_over_long_passive_line_passes_unchanged() {
+        let mut line = b"227 ".to_vec();
+        line.extend(std::iter::repeat(b'x').take(HOLD_MAX * 2));
+        line.extend_from_slice(b"\r\n");
+        let mut s = ReplyScanner::new();
+        let mut out = Vec::new();
+        s.filter(
+            &line,
+            None,
+            &mut out,
+            |_| true,
+            |_| Some(b"no\r\n".to_vec()),
+        );
+        assert_eq!(out, line);
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! The front's view of one control session: a state machine fed with the client's lines and the
+//! server's reply codes. No sockets inside; the async driver in `control.rs` does the waiting
+//! and the I/O this decides on.
+//!
+//! What it tracks: the final replies the server owes (the greeting, then one per line sent), the
+//! one reply to leave out (the answer to a `REST 0` the front inserted), the login in progress,
+//! whether the channel has turned to TLS, and the transfer commands sent, which the session's
+//! data connections wait for to know which way their bytes go.
+
+use super::line::{argument, classify, rewrite_key, without_telnet, Direction, LineKind};
+
+/// Sent ahead of a transfer that does not follow a `REST`: libunftp keeps a `REST` offset until
+/// a transfer succeeds, so a refused one would otherwise leave it for the next transfer.
+pub const REST_ZERO: &[u8] = b"REST 0\r\n";
+
+pub const REPLY_NOT_ASCII: &[u8] = b"500 Command word must be plain ASCII.\r\n";
+pub const REPLY_BAD_REST: &[u8] = b"501 REST needs a decimal byte offset.\r\n";
+
+/// Longest user name kept for counting failed logins; longer names are cut.
+const MAX_USER: usize = 256;
+
+/// What to do with one complete client line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineAction {
+    /// Send these bytes to the server.
+    Send(Vec<u8>),
+    /// Answer the client with this reply, after every earlier reply; nothing goes to the server.
+    Answer(&'static [u8]),
+    /// A login attempt: wait until no other is in flight and the throttle admits `user`, then
+    /// call [`ControlSession::pass_sent`] and send the line.
+    Login { user: String },
+    /// A transfer without a `REST` before it: once every earlier reply is in, call
+    /// [`ControlSession::reset_offset`] and send what it returns ahead of the line.
+    ResetThenSend,
+}
+
+/// What a final reply meant to the front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyEvent {
+    Nothing,
+    /// The login in flight for `user` succeeded.
+    LoggedIn {
+        user: String,
+    },
+    /// The login in flight for `user` failed.
+    LoginFailed {
+        user: String,
+    },
+    /// The PASS was refused without trying a password (e.g. no USER before it).
+    LoginVoid {
+        user: String,
+    },
+    /// `AUTH` was accepted: from the next byte on the channel is TLS.
+    TlsStarted,
+}
+
+/// One control session as the front sees it.
+#[derive(Debug)]
+pub struct ControlSession {
+    /// Final replies the server owes: the greeting plus one per line sent to it.
+    owed: u64,
+    /// Final replies seen so far.
+    replied: u64,
+    /// Number (from 0, the greeting) of the final reply to leave out.
+    swallow: Option<u64>,
+    /// The user named by the last `USER` line.
+    user: Option<String>,
+    /// A `PASS` was sent for this user and its result has not been seen.
+    pass_in_flight: Option<String>,
+    logged_in: bool,
+    auth_pending: bool,
+    /// The channel is TLS: bytes are relayed as they are.
+    raw: bool,
+    /// The previous command was a `REST` (possibly followed by data-connection set-up).
+    rest_armed: bool,
+    /// Transfer commands sent so far, and the direction of the last one.
+    transfers: u64,
+    direction: Option<Direction>,
+}
+
+impl Default for ControlSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControlSession {
+    pub fn new() -> Self {
+        ControlSession {
+            owed: 1,
+            replied: 0,
+            swallow: None,
+            user: None,
+            pass_in_flight: None,
+            logged_in: false,
+            auth_pending: false,
+            raw: false,
+            rest_armed: false,
+            transfers: 0,
+            direction: None,
+        }
+    }
+
+    /// Decides on a complete line (terminator included). Lines the front sends on are counted
+    /// as owing a reply here, except a login, which counts in [`pass_sent`](Self::pass_sent).
+    pub fn on_line(&mut self, line: &[u8]) -> LineAction {
+        let kind = classify(line);
+        let armed = self.rest_armed;
+        self.rest_armed = kind == LineKind::Rest || (kind == LineKind::Setup && armed);
+        match kind {
+            LineKind::NotAscii => return LineAction::Answer(REPLY_NOT_ASCII),
+            LineKind::BadRest => return LineAction::Answer(REPLY_BAD_REST),
+            LineKind::Pass => {
+                return LineAction::Login {
+                    user: self.user.clone().unwrap_or_default(),
+                }
+            }
+            _ => {}
+        }
+        if let LineKind::Transfer(direction) = kind {
+            self.transfers += 1;
+            self.direction = Some(direction);
+            if direction != Direction::Listing && !armed {
+                return LineAction::ResetThenSend;
+            }
+        }
+        self.owed += 1;
+        match kind {
+            LineKind::Key => LineAction::Send(rewrite_key(line).unwrap_or_else(|| line.to_vec())),
+            LineKind::User => {
+                let name = argument(line);
+                let name = &name[..name.len().min(MAX_USER)];
+                self.user = Some(String::from_utf8_lossy(name).into_owned());
+                LineAction::Send(without_telnet(line).to_vec())
+            }
+            LineKind::Auth => {
+                self.auth_pending = true;
+                LineAction::Send(without_telnet(line).to_vec())
+            }
+            _ => LineAction::Send(without_telnet(line).to_vec()),
+        }
+    }
+
+    /// The transfer line of a [`LineAction::ResetThenSend`] goes out now; `quiet` says whether
+    /// every earlier reply came in (only then is the next final reply certainly the one to
+    /// `REST 0`). Returns what to send ahead of the line.
+    pub fn reset_offset(&mut self, quiet: bool) -> &'static [u8] {
+        self.owed += 1;
+        if self.raw {
+            return b"";
+        }
+        if !quiet {
+            // A reply that never came (or one sent twice) would make the count wrong for good:
+            // start counting afresh from what has been seen.
+            self.owed = self.replied + 1;
+            return b"";
+        }
+        self.swallow = Some(self.replied);
+        self.owed += 1;
+        REST_ZERO
+    }
+
+    /// The `PASS` of a [`LineAction::Login`] goes out now.
+    pub fn pass_sent(&mut self, user: String) {
+        self.owed += 1;
+        self.pass_in_flight = Some(user);
+    }
+
+    /// The login in flight, if any; a connection that ends takes it back from the throttle.
+    pub fn take_pass_in_flight(&mut self) -> Option<String> {
+        self.pass_in_flight.take()
+    }
+
+    /// Whether a login is waiting for its result.
+    pub fn pass_pending(&self) -> bool {
+        self.pass_in_flight.is_some()
+    }
+
+    /// Every line sent so far has had its final reply.
+    pub fn quiet(&self) -> bool {
+        self.replied >= self.owed
+    }
+
+    /// Final reply to leave out, counting from 0 (the greeting).
+    pub fn swallow(&self) -> Option<u64> {
+        self.swallow
+    }
+
+    /// The server's final replies seen so far moved to `finals` (the scanner's count; the one
+    /// left out included).
+    pub fn replies_seen(&mut self, finals: u64) {
+        self.replied = finals;
+        if self.swallow.is_some_and(|n| n < finals) {
+            self.swallow = None;
+        }
+    }
+
+    /// Acts on one final reply code that reached the client.
+    pub fn on_reply(&mut self, code: u16) -> ReplyEvent {
+        match code {
+            230 | 530 | 503 if self.pass_in_flight.is_some() => {
+                let user = self.pass_in_flight.take().unwrap_or_default();
+                match code {
+                    230 => {
+                        self.logged_in = true;
+                        ReplyEvent::LoggedIn { user }
+                    }
+                    530 => ReplyEvent::LoginFailed { user },
+                    _ => ReplyEvent::LoginVoid { user },
+                }
+            }
+            234 if self.auth_pending => {
+                self.auth_pending = false;
+                self.raw = true;
+                ReplyEvent::TlsStarted
+            }
+            _ => ReplyEvent::Nothing,
+        }
+    }
+
+    pub fn logged_in(&self) -> bool {
+        self.logged_in
+    }
+
+    /// The channel is TLS: the front relays bytes without reading them.
+    pub fn raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Transfer commands sent so far.
+    pub fn transfers(&self) -> u64 {
+        self.transfers
+    }
+
+    /// Which way the last transfer command moves bytes.
+    pub fn direction(&self) -> Option<Direction> {
+        self.direction
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(s: &mut ControlSession, line: &[u8]) -> Vec<u8> {
+        match s.on_line(line) {
+            LineAction::Send(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Feeds `n` final replies.
+    fn answer(s: &mut ControlSession, n: u64, seen: &mut u64) {
+        *seen += n;
+        s.replies_seen(*seen);
+    }
+
+    #[test]
+    fn counts_replies_owed_from_the_greeting_on() {
+        let mut s = ControlSession::new();
+        let mut seen = 0;
+        assert!(!s.quiet());
+        answer(&mut s, 1, &mut seen);
+        assert!(s.quiet());
+        send(&mut s, b"USER bob\r\n");
+        send(&mut s, b"NOOP\r\n");
+        assert!(!s.quiet());
+        answer(&mut s, 2, &mut seen);
+        assert!(s.quiet());
+    }
+
+    #[test]
+    fn bare_key_is_rewritten_and_other_lines_pass_unchanged() {
+        let mut s = ControlSession::new();
+        assert_eq!(send(&mut s, b"key 0x1\r\n"), b"SITE KEY 0x1\r\n");
+        assert_eq!(send(&mut s, b"SITE KEY NULL f\r\n"), b"SITE KEY NULL f\r\n");
+        assert_eq!(send(&mut s, b"\xff\xf4ABOR\r\n"), b"ABOR\r\n");
+    }
+
+    #[test]
+    fn unicode_words_and_bad_rest_are_answered_by_the_front() {
+        let mut s = ControlSession::new();
+        for line in ["PA\u{df} x\r\n", "PA\u{17f}S x\r\n", "RE\u{17f}T 5\r\n"] {
+            assert_eq!(
+                s.on_line(line.as_bytes()),
+                LineAction::Answer(REPLY_NOT_ASCII)
+            );
+        }
+        for line in [&b"REST abc\r\n"[..], b"REST -5\r\n", b"REST\r\n"] {
+            assert_eq!(s.on_line(line), LineAction::Answer(REPLY_BAD_REST));
+        }
+        // None of them is owed a reply by the server.
+        s.replies_seen(1);
+        assert!(s.quiet());
+        // A bad REST does not arm the offset: the next transfer still gets REST 0.
+        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
+    }
+
+    #[test]
+    fn a_transfer_after_rest_keeps_its_offset_and_others_get_rest_zero() {
+        let mut s = ControlSession::new();
+        s.replies_seen(1);
+        send(&mut s, b"REST 100\r\n");
+        send(&mut s, b"PASV\r\n");
+        send(&mut s, b"TYPE I\r\n");
+        assert_eq!(send(&mut s, b"STOR f\r\n"), b"STOR f\r\n");
+        assert_eq!(s.direction(), Some(Direction::Upload));
+        // Something else between REST and the transfer disarms it.
+        send(&mut s, b"REST 100\r\n");
+        send(&mut s, b"SIZE f\r\n");
+        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
+        // Listings do not use the offset.
+        assert_eq!(send(&mut s, b"LIST\r\n"), b"LIST\r\n");
+        assert_eq!(s.transfers(), 3);
+    }
+
+    #[test]
+    fn the_reply_to_rest_zero_is_left_out() {
+        let mut s = ControlSession::new();
+        let mut seen = 0;
+        answer(&mut s, 1, &mut seen);
+        assert_eq!(s.on_line(b"RETR f\r\n"), LineAction::ResetThenSend);
+        assert_eq!(s.reset_offset(true), REST_ZERO);
+        // Greeting is reply 0; the REST 0's reply is number 1.
+        assert_eq!(s.swallow(), Some(1));
+        answer(&mut s, 1, &mut seen);
+        assert_eq!(s.swallow(), None);
+        assert!(!s.quiet());
+        answer(&mut s, 1, &mut seen);
+        assert!(s.quiet());
+    }
+
+    #[test]
+    fn missing_replies_skip_the_reset_and_recount() {
+        let mut s = ControlSession::new();
+        s.replies_seen(1);
+        send(&mut s, b"NOOP\r\n");
+        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
+        assert_eq!(s.reset_offset(false), b"");
+        assert_eq!(s.swallow(), None);
+        s.replies_seen(2);
+        assert!(s.quiet());
+    }
+
+    #[test]
+    fn login_results_name_the_user_of_the_attempt() {
+        let mut s = ControlSession::new();
+        send(&mut s, b"USER bob\r\n");
+        assert_eq!(
+            s.on_line(b"PASS x\r\n"),
+            LineAction::Login { user: "bob".into() }
+        );
+        s.pass_sent("bob".into());
+        assert!(s.pass_pending());
+        // A 530 for something else while no PASS is pending changes nothing...
+        assert_eq!(s.on_reply(331), ReplyEvent::Nothing);
+        assert_eq!(
+            s.on_reply(530),
+            ReplyEvent::LoginFailed { user: "bob".into() }
+        );
+        assert_eq!(s.on_reply(530), ReplyEvent::Nothing);
+        s.pass_sent("bob".into());
+        assert_eq!(s.on_reply(230), ReplyEvent::LoggedIn { user: "bob".into() });
+        assert!(s.logged_in());
+    }
+
+    #[test]
+    fn auth_accepted_turns_the_channel_raw() {
+        let mut s = ControlSession::new();
+        assert_eq!(s.on_reply(234), ReplyEvent::Nothing);
+        send(&mut s, b"AUTH TLS\r\n");
+        assert_eq!(s.on_reply(234), ReplyEvent::TlsStarted);
+        assert!(s.raw());
+        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
+        assert_eq!(s.reset_offset(true), b"");
+    }
+
+    #[test]
+    fn user_names_are_bounded() {
+        let mut s = ControlSession::new();
+        let mut line = b"USER ".to_vec();
+        line.extend(std::iter::repeat(b'a').take(5000));
+        line.extend_from_slice(b"\r\n");
+        send(&mut s, &line);
+        match s.on_line(b"PASS x\r\n") {
+            LineAction::Login { user } => assert_eq!(user.len(), MAX_USER),
+            other => panic!("{other:?}"),
+        }
+    }
+}
