@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub(super) const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size on the control channel; with `max_line` it bounds a connection's buffer.
 const CONTROL_READ: usize = 4096;
+/// How long a `PASV` waits for a public passive port to come free for its address.
+const PORT_WAIT: Duration = Duration::from_secs(10);
 /// How long a `PASS` waits for the result of the previous one on the same connection.
 const PASS_WAIT: Duration = Duration::from_secs(15);
 /// How long a line the front must order against earlier replies (a transfer that gets `REST 0`,
@@ -78,6 +80,8 @@ pub(super) struct Link {
     closed: AtomicBool,
     /// Client bytes relayed inside TLS since the server last sent anything.
     raw_unanswered: AtomicUsize,
+    /// The public passive port held for the `PASV`/`EPSV` on its way to libunftp.
+    reserved: Mutex<Option<u16>>,
 }
 
 impl Link {
@@ -90,6 +94,7 @@ impl Link {
             blocked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             raw_unanswered: AtomicUsize::new(0),
+            reserved: Mutex::new(None),
         }
     }
 
@@ -287,7 +292,7 @@ pub(super) async fn control_connection(
     let ending = {
         let (mut cr, mut cw) = client.split();
         let (sr, mut sw) = server.split();
-        let up = client_to_server(&mut cr, &mut sw, &link, &settings, peer);
+        let up = client_to_server(&mut cr, &mut sw, &link, &settings, (peer, id));
         let down = server_to_client(
             sr.as_ref(),
             &mut cw,
@@ -382,7 +387,7 @@ async fn client_to_server<W>(
     server: &mut W,
     link: &Link,
     settings: &ControlSettings,
-    peer: SocketAddr,
+    (peer, id): (SocketAddr, SessionId),
 ) -> Option<Ending>
 where
     W: AsyncWrite + Unpin,
@@ -458,6 +463,28 @@ where
                     let deadline = Instant::now() + REPLY_WAIT;
                     let _ = Box::pin(link.wait_until(deadline, ControlSession::quiet)).await;
                     link.answer(reply);
+                }
+                LineAction::Passive(bytes) => {
+                    if let Err(e) = server.write_all(&out).await {
+                        return Some(Ending::Io(e));
+                    }
+                    out.clear();
+                    let deadline = Instant::now() + PORT_WAIT;
+                    match Box::pin(settings.passive.reserve(id, peer.ip(), deadline)).await {
+                        Some(port) => {
+                            *link.reserved.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+                            out.extend_from_slice(&bytes);
+                        }
+                        None => {
+                            tracing::warn!("no passive port came free for this address");
+                            link.session().unsent();
+                            let _ = Box::pin(
+                                link.wait_until(Instant::now() + REPLY_WAIT, ControlSession::quiet),
+                            )
+                            .await;
+                            link.answer(REPLY_NO_PASSIVE_PORT);
+                        }
+                    }
                 }
                 LineAction::ResetThenSend => {
                     if let Err(e) = server.write_all(&out).await {
@@ -655,8 +682,18 @@ fn passive_reply(
         after: link.session().transfers(),
     };
     let backend = SocketAddr::new(settings.backend_addr.ip(), backend_port);
-    let Some(port) = settings.passive.promise(id, peer.ip(), backend, route) else {
-        tracing::warn!("no passive port free for this address");
+    let reserved = link
+        .reserved
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let promised = reserved.filter(|port| {
+        settings
+            .passive
+            .promise(id, peer.ip(), *port, backend, route)
+    });
+    let Some(port) = promised else {
+        tracing::warn!("passive reply without a port held for it");
         return REPLY_NO_PASSIVE_PORT.to_vec();
     };
     if line.starts_with(b"229") {

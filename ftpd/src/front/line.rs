@@ -104,8 +104,10 @@ pub enum LineKind {
     /// A command that uses a data connection; `rest` says whether it uses libunftp's restart
     /// offset (`STOR`, `RETR`, `STOU`, `APPE`).
     Transfer(Direction),
-    /// Data-connection set-up (`PASV`, `EPSV`, `PORT`, `EPRT`, `TYPE`, `MODE`, `STRU`), which
-    /// clients may send between `REST` and the transfer and which leaves the offset alone.
+    /// `PASV` or `EPSV`: the front holds one of its passive ports for the reply.
+    Passive,
+    /// Other data-connection set-up (`PORT`, `EPRT`, `TYPE`, `MODE`, `STRU`). Clients may send
+    /// it, and `PASV`/`EPSV`, between `REST` and the transfer; it leaves the offset alone.
     Setup,
     /// A command word that is not plain printable ASCII. libunftp upper-cases the full Unicode
     /// range (`PAſS` is `PASS` to it), so such a word could mean anything: the front refuses it.
@@ -191,9 +193,9 @@ pub fn classify(line: &[u8]) -> LineKind {
         LineKind::Transfer(Direction::Download)
     } else if any(&[b"LIST", b"NLST", b"MLSD"]) {
         LineKind::Transfer(Direction::Listing)
-    } else if any(&[
-        b"PASV", b"EPSV", b"PORT", b"EPRT", b"TYPE", b"MODE", b"STRU",
-    ]) {
+    } else if any(&[b"PASV", b"EPSV"]) {
+        LineKind::Passive
+    } else if any(&[b"PORT", b"EPRT", b"TYPE", b"MODE", b"STRU"]) {
         LineKind::Setup
     } else {
         LineKind::Other
@@ -469,12 +471,9 @@ mod tests {
         for l in [&b"LIST\r\n"[..], b"nlst x\r\n", b"MLSD\r\n"] {
             assert_eq!(classify(l), LineKind::Transfer(Direction::Listing));
         }
-        for l in [
-            &b"PASV\r\n"[..],
-            b"epsv\r\n",
-            b"PORT 1,2,3,4,5,6\r\n",
-            b"TYPE I\r\n",
-        ] {
+        assert_eq!(classify(b"PASV\r\n"), LineKind::Passive);
+        assert_eq!(classify(b"epsv\r\n"), LineKind::Passive);
+        for l in [&b"PORT 1,2,3,4,5,6\r\n"[..], b"TYPE I\r\n"] {
             assert_eq!(classify(l), LineKind::Setup);
         }
         assert_eq!(classify(b"STORE a\r\n"), LineKind::Other);

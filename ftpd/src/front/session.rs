@@ -29,6 +29,8 @@ pub enum LineAction {
     /// A login attempt: wait until no other is in flight and the throttle admits `user`, then
     /// call [`ControlSession::pass_sent`] and send the line.
     Login { user: String },
+    /// `PASV`/`EPSV`: hold a passive port for the reply first (or answer `425`), then send it.
+    Passive(Vec<u8>),
     /// A transfer without a `REST` before it: once every earlier reply is in, call
     /// [`ControlSession::reset_offset`] and send what it returns ahead of the line.
     ResetThenSend,
@@ -106,7 +108,8 @@ impl ControlSession {
     pub fn on_line(&mut self, line: &[u8]) -> LineAction {
         let kind = classify(line);
         let armed = self.rest_armed;
-        self.rest_armed = kind == LineKind::Rest || (kind == LineKind::Setup && armed);
+        let setup = matches!(kind, LineKind::Setup | LineKind::Passive);
+        self.rest_armed = kind == LineKind::Rest || (setup && armed);
         match kind {
             LineKind::NotAscii => return LineAction::Answer(REPLY_NOT_ASCII),
             LineKind::BadRest => return LineAction::Answer(REPLY_BAD_REST),
@@ -137,6 +140,7 @@ impl ControlSession {
                 self.auth_pending = true;
                 LineAction::Send(without_telnet(line).to_vec())
             }
+            LineKind::Passive => LineAction::Passive(without_telnet(line).to_vec()),
             _ => LineAction::Send(without_telnet(line).to_vec()),
         }
     }
@@ -158,6 +162,12 @@ impl ControlSession {
         self.swallow = Some(self.replied);
         self.owed += 1;
         REST_ZERO
+    }
+
+    /// The line of a [`LineAction::Passive`] is not sent after all (no port came free); the
+    /// front answers it instead.
+    pub fn unsent(&mut self) {
+        self.owed = self.owed.saturating_sub(1);
     }
 
     /// The `PASS` of a [`LineAction::Login`] goes out now.
@@ -301,7 +311,10 @@ mod tests {
         let mut s = ControlSession::new();
         s.replies_seen(1);
         send(&mut s, b"REST 100\r\n");
-        send(&mut s, b"PASV\r\n");
+        assert_eq!(
+            s.on_line(b"PASV\r\n"),
+            LineAction::Passive(b"PASV\r\n".to_vec())
+        );
         send(&mut s, b"TYPE I\r\n");
         assert_eq!(send(&mut s, b"STOR f\r\n"), b"STOR f\r\n");
         assert_eq!(s.direction(), Some(Direction::Upload));
