@@ -90,7 +90,8 @@ class Ftpd:
         self.port = free_port()
         lo, hi = free_port_range()
         self.passive = (lo, hi)
-        self.env = dict(os.environ)
+        # FTPD_BIN picks the binary under test; it is not a setting.
+        self.env = {k: v for k, v in os.environ.items() if k != "FTPD_BIN"}
         self.env.update(
             {
                 "FTPD_LISTEN": f"127.0.0.1:{self.port}",

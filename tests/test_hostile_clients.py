@@ -229,3 +229,50 @@ def test_client_sockets_have_keepalive(ftpd_factory):
     ).stdout
     assert "keepalive" in out, out
     f.quit()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_inside_tls_an_endless_line_is_cut_off(ftpd_factory, tmp_path):
+    """After AUTH TLS the front cannot see lines; a client that streams without a newline must
+    still be stopped, or libunftp buffers it all."""
+    import ssl
+
+    cert, keyf = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ftpd-test",
+         "-days", "1", "-keyout", str(keyf), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    srv = ftpd_factory(ftps_cert=str(cert), ftps_key=str(keyf))
+    before = rss_kib(srv.proc.pid)
+    s, r = raw_session(srv.host, srv.port)
+    s.sendall(b"AUTH TLS\r\n")
+    assert r.readline().startswith(b"234")
+    t = ssl._create_unverified_context().wrap_socket(s)
+    chunk = b"A" * (64 * 1024)
+    sent = 0
+    with pytest.raises(OSError):
+        for _ in range(1024):  # 64 MiB at most
+            t.sendall(chunk)
+            sent += len(chunk)
+        t.settimeout(5)
+        assert t.recv(100) == b""
+        raise ConnectionResetError("closed")
+    assert sent < 8 << 20, f"{sent} bytes accepted without a newline"
+    assert rss_kib(srv.proc.pid) - before < 32 * 1024
+    # An ordinary FTPS session still works, KEY included (over SITE).
+    src = tmp_path / "tls.bin"
+    src.write_bytes(pattern(100_000, seed=9))
+    out = subprocess.run(
+        ["curl", "-sS", "--ssl-reqd", "-k", "-Q", f"SITE KEY 0x{crc32(src.read_bytes()):08X}",
+         "-T", str(src), f"ftp://alice:{USERS['alice']}@{srv.host}:{srv.port}/"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert srv.file("alice", "tls.bin").read_bytes() == src.read_bytes()
