@@ -104,6 +104,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             fsync: s.fsync,
             takeover_wait: s.takeover_wait,
             direct_io: s.direct_io,
+            data_idle_timeout: s.data_idle_timeout,
         },
         handoff: s.front.then(|| Arc::new(Handoff::default())),
     });
@@ -149,6 +150,12 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         cfg.data_idle = s.data_idle_timeout;
         cfg.keepalive = s.keepalive;
         cfg.handoff = shared.handoff.clone();
+        if let Some((cert, key)) = &s.ftps {
+            cfg.tls = Some(
+                crate::front::tls::server_config(cert, key)
+                    .map_err(crate::front::FrontError::from)?,
+            );
+        }
         let front = crate::front::Front::bind(cfg).await?;
         // Port 0: the kernel picks a free loopback port for each PASV.
         builder = builder.passive_ports(0..=0);

@@ -42,6 +42,12 @@ pub(super) async fn data_connection(
         return;
     };
     keepalive(&client, settings.keepalive);
+    if promise.link.link.data_tls() && !opens_tls(&client, settings.idle).await {
+        // libunftp's TLS handshake on a data connection panics its transfer (leaving the
+        // session without a reply) when the client sends anything else or nothing.
+        tracing::info!("TLS data connection that does not start a handshake; closed");
+        return;
+    }
     let mut server = match connect_backend(promise.backend).await {
         Ok(s) => s,
         Err(e) => {
@@ -52,10 +58,12 @@ pub(super) async fn data_connection(
     let connected = Instant::now();
     let route = promise.link;
     if let Some(handoff) = &settings.handoff {
-        // The session's next transfer command says which way the bytes go; only an upload
-        // skips the relay (a download must never be read by the front and thrown away).
+        // The session's next transfer command says which way the bytes go; only a plain upload
+        // skips the relay (a download must never be read by the front and thrown away, and a
+        // TLS data connection is libunftp's to decrypt).
         let deadline = Instant::now() + PROMISE_TTL;
-        if route.link.transfer_after(route.after, deadline).await == Some(Direction::Upload) {
+        let transfer = route.link.transfer_after(route.after, deadline).await;
+        if transfer == Some((Direction::Upload, false)) {
             match hand_off(client, &mut server, handoff).await {
                 Ok(()) => return,
                 Err(returned) => client = returned,
@@ -78,6 +86,18 @@ pub(super) async fn data_connection(
             }
         }
     }
+}
+
+/// The first byte of every TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Whether the client's first byte, within `wait`, can open a TLS handshake. Nothing is read.
+async fn opens_tls(client: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, client.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
+    )
 }
 
 /// Parks an upload's client socket for the upload path and sends the ticket in its place, then

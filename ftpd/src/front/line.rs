@@ -94,8 +94,12 @@ pub enum LineKind {
     User,
     /// `PASS`: its reply feeds the failed-login throttle.
     Pass,
-    /// `AUTH`: a `234` reply turns the control channel into TLS.
+    /// `AUTH`: with `TLS`/`SSL`, the front starts TLS on the control channel itself.
     Auth,
+    /// `CCC`: back to a clear control channel, which the front does not allow.
+    Ccc,
+    /// `PROT`: whether data connections are TLS.
+    Prot,
     /// `REST` with an offset libunftp accepts: sets the offset of the next transfer.
     Rest,
     /// `REST` with a missing or malformed offset: libunftp would answer `501` and close the
@@ -128,10 +132,12 @@ pub enum Direction {
 }
 
 /// Telnet commands (`IAC x`, e.g. the interrupt some clients send before `ABOR`) in front of
-/// the command word: not part of the command, and not text.
+/// the command word: not part of the command, and not text. `IAC` before the newline is not a
+/// command: taking the newline with it would forward nothing, and the server would owe no reply
+/// for a line the session counts as sent.
 fn telnet_prefix(line: &[u8]) -> usize {
     let mut i = 0;
-    while line.len() >= i + 2 && line[i] == 0xFF {
+    while line.len() >= i + 2 && line[i] == 0xFF && line[i + 1] != b'\n' {
         i += 2;
     }
     i
@@ -182,6 +188,10 @@ pub fn classify(line: &[u8]) -> LineKind {
         LineKind::Pass
     } else if is(b"AUTH") {
         LineKind::Auth
+    } else if is(b"CCC") {
+        LineKind::Ccc
+    } else if is(b"PROT") {
+        LineKind::Prot
     } else if is(b"REST") {
         match rest_offset(line) {
             Some(_) => LineKind::Rest,
@@ -427,6 +437,11 @@ mod tests {
         assert_eq!(classify(b"\xff\xf4\xff\xf2ABOR\r\n"), LineKind::Other);
         assert_eq!(without_telnet(b"\xff\xf4ABOR\r\n"), b"ABOR\r\n");
         assert_eq!(command_word(b"\xff\xf4ABOR\r\n"), b"ABOR");
+        // Found by fuzzing: `IAC LF` left an empty line to send, which the server never answers.
+        assert_eq!(without_telnet(b"\xff\n"), b"\xff\n");
+        assert_eq!(classify(b"\xff\n"), LineKind::NotAscii);
+        assert_eq!(classify(b"\xff\xf4\xff\n"), LineKind::NotAscii);
+        assert_eq!(without_telnet(b"\xff\xf4\r\n"), b"\r\n");
     }
 
     /// Unicode upper-cases `ß` to `SS` and `ſ` to `S`: libunftp would read these as PASS,

@@ -67,6 +67,7 @@ pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod throttle;
+pub mod tls;
 
 use crate::handoff::Handoff;
 use control::ControlSettings;
@@ -117,6 +118,8 @@ pub struct FrontConfig {
     pub keepalive: Option<Duration>,
     /// Counting window, and how long a blocked IP stays blocked (at most 30 days).
     pub login_window: Duration,
+    /// TLS for the control channel (`AUTH TLS`), ended by the front; `None`: no FTPS.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Where plain uploads are parked for the upload path to read directly; `None` relays them.
     pub handoff: Option<Arc<Handoff>>,
 }
@@ -155,6 +158,7 @@ impl FrontConfig {
             login_timeout: Self::DEFAULT_LOGIN_TIMEOUT,
             data_idle: Self::DEFAULT_DATA_IDLE,
             keepalive: Some(Self::DEFAULT_KEEPALIVE),
+            tls: None,
             handoff: None,
         }
     }
@@ -174,7 +178,7 @@ pub enum FrontError {
         end: u16,
         source: io::Error,
     },
-    /// The back-end must be reachable only from this host, or anyone could forge PROXY headers.
+    /// The back-end must be reachable only from this host: it trusts the front's connections.
     #[error("back-end address {0} is not a loopback address")]
     BackendNotLoopback(SocketAddr),
     /// The passive range is empty or contains the control port.
@@ -191,6 +195,9 @@ pub enum FrontError {
     /// The line limit is too small for ordinary FTP commands.
     #[error("max_line {0} is too small (at least {min})", min = MIN_LINE)]
     LineLimitTooSmall(usize),
+    /// The FTPS certificate or key cannot be used.
+    #[error("FTPS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// An accept loop stopped for good.
     #[error("listener on {addr} failed: {source}")]
     Accept { addr: SocketAddr, source: io::Error },
@@ -339,6 +346,7 @@ impl Front {
             passive_host: cfg.passive_host,
             throttle,
             passive: table.clone(),
+            tls: cfg.tls.clone(),
         };
         let connections = Connections::new(cfg.max_connections, cfg.max_connections_per_address);
         let mut acceptors = JoinSet::new();

@@ -131,7 +131,12 @@ impl ReplyScanner {
 
     fn end_of_line(&mut self) -> Option<u16> {
         let head = &self.head[..self.head_len];
-        if head.len() < 3 || !head[..3].iter().all(u8::is_ascii_digit) {
+        // RFC 959 codes start with 1 to 5; only those can be the reply that `drop` leaves out,
+        // so only those are counted.
+        if head.len() < 3
+            || !head[..3].iter().all(u8::is_ascii_digit)
+            || !(b'1'..=b'5').contains(&head[0])
+        {
             return None;
         }
         let digits = [head[0], head[1], head[2]];
@@ -254,6 +259,25 @@ mod tests {
             codes(&mut s, b"hello\r\n12\r\n1234\r\n\n"),
             Vec::<u16>::new()
         );
+    }
+
+    /// Found by fuzzing: a `6xx` line counted as a final reply but could not be dropped, so the
+    /// reply to leave out was missed and the count and the drop disagreed.
+    #[test]
+    fn codes_outside_1_to_5_are_not_replies() {
+        let mut s = ReplyScanner::new();
+        assert_eq!(
+            codes(&mut s, b"603 x\r\n099 y\r\n999\r\n200 ok\r\n"),
+            vec![200]
+        );
+        assert_eq!(s.finals(), 1);
+        let (out, seen) = filtered(
+            &mut ReplyScanner::new(),
+            b"220 hi\r\n603 x\r\n350 z\r\n",
+            Some(1),
+        );
+        assert_eq!(out, b"220 hi\r\n603 x\r\n".to_vec());
+        assert_eq!(seen, vec![220]);
     }
 
     fn filtered(s: &mut ReplyScanner, data: &[u8], drop: Option<u64>) -> (Vec<u8>, Vec<u16>) {

@@ -4,8 +4,9 @@
 //!
 //! What it tracks: the final replies the server owes (the greeting, then one per line sent), the
 //! one reply to leave out (the answer to a `REST 0` the front inserted), the login in progress,
-//! whether the channel has turned to TLS, and the transfer commands sent, which the session's
-//! data connections wait for to know which way their bytes go.
+//! whether data connections are TLS (`PROT P`), and the transfer commands sent, which the
+//! session's data connections wait for to know which way their bytes go. The front ends the
+//! control channel's TLS itself, so it reads every line, inside TLS as outside.
 
 use super::line::{argument, classify, rewrite_key, without_telnet, Direction, LineKind};
 
@@ -15,9 +16,20 @@ pub const REST_ZERO: &[u8] = b"REST 0\r\n";
 
 pub const REPLY_NOT_ASCII: &[u8] = b"500 Command word must be plain ASCII.\r\n";
 pub const REPLY_BAD_REST: &[u8] = b"501 REST needs a decimal byte offset.\r\n";
+pub const REPLY_TLS_READY: &[u8] = b"234 AUTH command OK. Expecting TLS Negotiation.\r\n";
+pub const REPLY_NO_TLS: &[u8] = b"534 TLS is not configured on this server.\r\n";
+pub const REPLY_TLS_ALREADY: &[u8] = b"503 The control channel is already TLS.\r\n";
+pub const REPLY_NO_CCC: &[u8] = b"534 The control channel stays TLS.\r\n";
 
 /// Longest user name kept for counting failed logins; longer names are cut.
 const MAX_USER: usize = 256;
+
+/// `AUTH` mechanisms that mean TLS (RFC 4217 names `TLS`; `SSL` and `TLS-C` are old synonyms).
+fn is_tls_mechanism(arg: &[u8]) -> bool {
+    [&b"TLS"[..], b"SSL", b"TLS-C", b"TLS-P"]
+        .iter()
+        .any(|m| arg.eq_ignore_ascii_case(m))
+}
 
 /// What to do with one complete client line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +43,9 @@ pub enum LineAction {
     Login { user: String },
     /// `PASV`/`EPSV`: hold a passive port for the reply first (or answer `425`), then send it.
     Passive(Vec<u8>),
+    /// `AUTH TLS` accepted: once every earlier reply has reached the client, answer
+    /// [`REPLY_TLS_READY`] and start TLS on the control channel.
+    StartTls,
     /// A transfer without a `REST` before it: once every earlier reply is in, call
     /// [`ControlSession::reset_offset`] and send what it returns ahead of the line.
     ResetThenSend,
@@ -52,8 +67,6 @@ pub enum ReplyEvent {
     LoginVoid {
         user: String,
     },
-    /// `AUTH` was accepted: from the next byte on the channel is TLS.
-    TlsStarted,
 }
 
 /// One control session as the front sees it.
@@ -70,9 +83,12 @@ pub struct ControlSession {
     /// A `PASS` was sent for this user and its result has not been seen.
     pass_in_flight: Option<String>,
     logged_in: bool,
-    auth_pending: bool,
-    /// The channel is TLS: bytes are relayed as they are.
-    raw: bool,
+    /// TLS can be started on the control channel (a certificate is configured).
+    tls_available: bool,
+    /// The control channel is TLS.
+    tls: bool,
+    /// Data connections are TLS (`PROT P`): they must be relayed, never handed over.
+    data_tls: bool,
     /// The previous command was a `REST` (possibly followed by data-connection set-up).
     rest_armed: bool,
     /// Transfer commands sent so far, and the direction of the last one.
@@ -80,14 +96,9 @@ pub struct ControlSession {
     direction: Option<Direction>,
 }
 
-impl Default for ControlSession {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ControlSession {
-    pub fn new() -> Self {
+    /// `tls_available`: whether `AUTH TLS` can be accepted.
+    pub fn new(tls_available: bool) -> Self {
         ControlSession {
             owed: 1,
             replied: 0,
@@ -95,8 +106,9 @@ impl ControlSession {
             user: None,
             pass_in_flight: None,
             logged_in: false,
-            auth_pending: false,
-            raw: false,
+            tls_available,
+            tls: false,
+            data_tls: false,
             rest_armed: false,
             transfers: 0,
             direction: None,
@@ -118,6 +130,14 @@ impl ControlSession {
                     user: self.user.clone().unwrap_or_default(),
                 }
             }
+            LineKind::Ccc => return LineAction::Answer(REPLY_NO_CCC),
+            LineKind::Auth if is_tls_mechanism(argument(line)) => {
+                return match (self.tls, self.tls_available) {
+                    (true, _) => LineAction::Answer(REPLY_TLS_ALREADY),
+                    (false, false) => LineAction::Answer(REPLY_NO_TLS),
+                    (false, true) => LineAction::StartTls,
+                };
+            }
             _ => {}
         }
         if let LineKind::Transfer(direction) = kind {
@@ -136,8 +156,9 @@ impl ControlSession {
                 self.user = Some(String::from_utf8_lossy(name).into_owned());
                 LineAction::Send(without_telnet(line).to_vec())
             }
-            LineKind::Auth => {
-                self.auth_pending = true;
+            LineKind::Prot => {
+                // Only `PROT C` makes data plain again; anything else keeps them relayed.
+                self.data_tls = !argument(line).eq_ignore_ascii_case(b"C");
                 LineAction::Send(without_telnet(line).to_vec())
             }
             LineKind::Passive => LineAction::Passive(without_telnet(line).to_vec()),
@@ -150,9 +171,6 @@ impl ControlSession {
     /// `REST 0`). Returns what to send ahead of the line.
     pub fn reset_offset(&mut self, quiet: bool) -> &'static [u8] {
         self.owed += 1;
-        if self.raw {
-            return b"";
-        }
         if !quiet {
             // A reply that never came (or one sent twice) would make the count wrong for good:
             // start counting afresh from what has been seen.
@@ -191,6 +209,11 @@ impl ControlSession {
         self.replied >= self.owed
     }
 
+    /// Final replies seen so far.
+    pub fn replied(&self) -> u64 {
+        self.replied
+    }
+
     /// Final reply to leave out, counting from 0 (the greeting).
     pub fn swallow(&self) -> Option<u64> {
         self.swallow
@@ -219,11 +242,6 @@ impl ControlSession {
                     _ => ReplyEvent::LoginVoid { user },
                 }
             }
-            234 if self.auth_pending => {
-                self.auth_pending = false;
-                self.raw = true;
-                ReplyEvent::TlsStarted
-            }
             _ => ReplyEvent::Nothing,
         }
     }
@@ -232,9 +250,14 @@ impl ControlSession {
         self.logged_in
     }
 
-    /// The channel is TLS: the front relays bytes without reading them.
-    pub fn raw(&self) -> bool {
-        self.raw
+    /// The control channel is now TLS (the front answered `AUTH TLS`).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+    }
+
+    /// Data connections are TLS (`PROT P`), end to end between client and libunftp.
+    pub fn data_tls(&self) -> bool {
+        self.data_tls
     }
 
     /// Transfer commands sent so far.
@@ -267,7 +290,7 @@ mod tests {
 
     #[test]
     fn counts_replies_owed_from_the_greeting_on() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         let mut seen = 0;
         assert!(!s.quiet());
         answer(&mut s, 1, &mut seen);
@@ -281,7 +304,7 @@ mod tests {
 
     #[test]
     fn bare_key_is_rewritten_and_other_lines_pass_unchanged() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         assert_eq!(send(&mut s, b"key 0x1\r\n"), b"SITE KEY 0x1\r\n");
         assert_eq!(send(&mut s, b"SITE KEY NULL f\r\n"), b"SITE KEY NULL f\r\n");
         assert_eq!(send(&mut s, b"\xff\xf4ABOR\r\n"), b"ABOR\r\n");
@@ -289,7 +312,7 @@ mod tests {
 
     #[test]
     fn unicode_words_and_bad_rest_are_answered_by_the_front() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         for line in ["PA\u{df} x\r\n", "PA\u{17f}S x\r\n", "RE\u{17f}T 5\r\n"] {
             assert_eq!(
                 s.on_line(line.as_bytes()),
@@ -308,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_transfer_after_rest_keeps_its_offset_and_others_get_rest_zero() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         s.replies_seen(1);
         send(&mut s, b"REST 100\r\n");
         assert_eq!(
@@ -329,7 +352,7 @@ mod tests {
 
     #[test]
     fn the_reply_to_rest_zero_is_left_out() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         let mut seen = 0;
         answer(&mut s, 1, &mut seen);
         assert_eq!(s.on_line(b"RETR f\r\n"), LineAction::ResetThenSend);
@@ -345,7 +368,7 @@ mod tests {
 
     #[test]
     fn missing_replies_skip_the_reset_and_recount() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         s.replies_seen(1);
         send(&mut s, b"NOOP\r\n");
         assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
@@ -357,7 +380,7 @@ mod tests {
 
     #[test]
     fn login_results_name_the_user_of_the_attempt() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         send(&mut s, b"USER bob\r\n");
         assert_eq!(
             s.on_line(b"PASS x\r\n"),
@@ -378,19 +401,33 @@ mod tests {
     }
 
     #[test]
-    fn auth_accepted_turns_the_channel_raw() {
-        let mut s = ControlSession::new();
-        assert_eq!(s.on_reply(234), ReplyEvent::Nothing);
-        send(&mut s, b"AUTH TLS\r\n");
-        assert_eq!(s.on_reply(234), ReplyEvent::TlsStarted);
-        assert!(s.raw());
-        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
-        assert_eq!(s.reset_offset(true), b"");
+    fn auth_tls_is_the_fronts_own_and_prot_decides_the_data() {
+        let mut s = ControlSession::new(true);
+        assert_eq!(s.on_line(b"AUTH TLS\r\n"), LineAction::StartTls);
+        s.tls_started();
+        assert_eq!(
+            s.on_line(b"auth ssl\r\n"),
+            LineAction::Answer(REPLY_TLS_ALREADY)
+        );
+        assert_eq!(s.on_line(b"CCC\r\n"), LineAction::Answer(REPLY_NO_CCC));
+        // Not a TLS mechanism: libunftp answers it.
+        assert_eq!(send(&mut s, b"AUTH GSSAPI\r\n"), b"AUTH GSSAPI\r\n");
+        assert!(!s.data_tls());
+        send(&mut s, b"PROT P\r\n");
+        assert!(s.data_tls());
+        send(&mut s, b"PROT C\r\n");
+        assert!(!s.data_tls());
+        // Without a certificate the front says so itself.
+        let mut plain = ControlSession::new(false);
+        assert_eq!(
+            plain.on_line(b"AUTH TLS\r\n"),
+            LineAction::Answer(REPLY_NO_TLS)
+        );
     }
 
     #[test]
     fn user_names_are_bounded() {
-        let mut s = ControlSession::new();
+        let mut s = ControlSession::new(true);
         let mut line = b"USER ".to_vec();
         line.extend(std::iter::repeat(b'a').take(5000));
         line.extend_from_slice(b"\r\n");
