@@ -135,7 +135,14 @@ impl Record {
 
     /// RFC 3339 time of the last change, as KEY INFO shows it.
     pub fn updated_rfc3339(&self) -> String {
-        humantime::format_rfc3339_seconds(self.updated).to_string()
+        // humantime shows 1970 to 9999 only (outside it `to_string` panics); a damaged record
+        // can decode to any time up to `u64::MAX` ms, so the time is clamped to that range.
+        const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+        let updated = self.updated.clamp(
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::from_secs(LAST_SECOND_OF_9999),
+        );
+        humantime::format_rfc3339_seconds(updated).to_string()
     }
 }
 
@@ -183,6 +190,20 @@ mod tests {
             };
             assert_eq!(Record::decode(&r.encode()), Ok(r));
         }
+    }
+
+    /// Found by fuzzing: a damaged `updated` field made KEY INFO panic.
+    #[test]
+    fn any_decoded_time_can_be_shown() {
+        let mut bytes = Record::opened(None, 1, 2).encode();
+        bytes[19..27].copy_from_slice(&u64::MAX.to_le_bytes());
+        let r = Record::decode(&bytes).expect("decodes");
+        assert_eq!(r.updated_rfc3339(), "9999-12-31T23:59:59Z");
+        let before = Record {
+            updated: UNIX_EPOCH - Duration::from_secs(1),
+            ..r
+        };
+        assert_eq!(before.updated_rfc3339(), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -132,4 +132,36 @@ mod tests {
         );
         assert!(store.open_records().unwrap().is_empty());
     }
+
+    #[test]
+    fn an_undecodable_record_does_not_stop_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("u")).unwrap();
+        std::fs::write(root.join("u/a.ts"), b"0123456789").unwrap();
+        {
+            let store = RedbStore::open(dir.path(), false).unwrap();
+            store
+                .put("u", "/a.ts", &Record::opened(None, 4, crc32(b"0123")))
+                .unwrap();
+        }
+        {
+            // A record of a newer version, as a rollback leaves it, for a file that exists.
+            std::fs::write(root.join("u/new.ts"), b"x").unwrap();
+            let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("records");
+            let db = redb::Database::create(dir.path().join("records.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(table)
+                .unwrap()
+                .insert("u\0/new.ts", [3u8, 2, 0, 0, 0].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(dir.path(), false).unwrap();
+        let report = recover(&store, &root).unwrap();
+        assert_eq!(report.reconciled, 1);
+        let a = store.get("u", "/a.ts").unwrap().unwrap();
+        assert_eq!((a.size, a.crc), (10, crc32(b"0123456789")));
+        assert!(store.get("u", "/new.ts").unwrap().is_none(), "untracked");
+    }
 }

@@ -81,9 +81,8 @@ pub fn io_error(e: &io::Error) -> Error {
     let kind = match e.kind() {
         io::ErrorKind::NotFound => ErrorKind::PermanentFileNotAvailable,
         io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            ErrorKind::InsufficientStorageSpaceError
-        }
+        io::ErrorKind::StorageFull => ErrorKind::InsufficientStorageSpaceError,
+        io::ErrorKind::QuotaExceeded => ErrorKind::ExceededStorageAllocationError,
         io::ErrorKind::IsADirectory
         | io::ErrorKind::NotADirectory
         | io::ErrorKind::InvalidInput
@@ -98,7 +97,17 @@ fn path_error(e: PathError) -> Error {
 }
 
 fn store_error(e: StoreError) -> Error {
-    Error::new(ErrorKind::LocalError, e)
+    Error::new(store_error_kind(&e), e)
+}
+
+/// The reply class for a store failure: a full disk or quota is said as such (452/552, as for
+/// the file itself), anything else is a local error.
+pub fn store_error_kind(e: &StoreError) -> ErrorKind {
+    match e.io_kind() {
+        Some(io::ErrorKind::StorageFull) => ErrorKind::InsufficientStorageSpaceError,
+        Some(io::ErrorKind::QuotaExceeded) => ErrorKind::ExceededStorageAllocationError,
+        _ => ErrorKind::LocalError,
+    }
 }
 
 fn not_entered() -> Error {
@@ -261,6 +270,24 @@ impl KeyStorage {
         })
         .await
         .map_err(|e| KeyError::Io(io::Error::other(e)))?
+    }
+
+    /// Whether `a` and `b` both exist and are one file (not following a last symlink, as
+    /// rename(2) does not).
+    async fn same_file(&self, a: &str, b: &str) -> Result<bool> {
+        use cap_std::fs::MetadataExt;
+        let root = self.root()?;
+        let (a, b) = (a.to_string(), b.to_string());
+        tokio::task::spawn_blocking(move || {
+            let id = |p: &str| {
+                root.symlink_metadata(paths::relative(p))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()))
+            };
+            matches!((id(&a), id(&b)), (Some(x), Some(y)) if x == y)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::LocalError, e))
     }
 
     /// Takes the declaration that applies to an upload of `path` starting now.
@@ -444,15 +471,26 @@ impl StorageBackend<FtpUser> for KeyStorage {
     ) -> Result<()> {
         let f = self.file_path(from.as_ref())?;
         let t = self.file_path(to.as_ref())?;
+        if f == t {
+            // rename(2) onto itself changes nothing; moving the record would delete it.
+            self.fs()?.metadata(user, from).await?;
+            return Ok(());
+        }
         let _lock = self
             .shared
             .writers
-            .acquire(
-                (user.name.clone(), f.clone()),
-                self.shared.upload.takeover_wait,
-            )
+            .acquire_rename(&user.name, &f, &t, self.shared.upload.takeover_wait)
             .await
-            .map_err(UploadError::from)?;
+            .map_err(|e| {
+                // libunftp's reply says only "450 File not found": the log says why.
+                tracing::info!(user = %user.name, from = %f, to = %t, error = %e, "rename refused");
+                UploadError::from(e)
+            })?;
+        if self.same_file(&f, &t).await? {
+            // Two names of one file (a hard link, a symlinked directory): rename(2) does
+            // nothing, so the records stay as they are.
+            return Ok(());
+        }
         self.fs()?.rename(user, from, to).await?;
         let (store, name) = (self.shared.store.clone(), user.name.clone());
         tokio::task::spawn_blocking(move || {

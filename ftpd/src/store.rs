@@ -7,18 +7,40 @@
 use crate::record::Record;
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
-/// A store failure (I/O, corruption); the FTP reply to it is a local error.
+/// A store failure (I/O, corruption); the FTP reply to it is a local error, or a full-disk
+/// reply when the disk or a quota is full.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Boxed: redb's error is large, and this travels through every storage call.
     #[error("checksum store: {0}")]
     Db(Box<redb::Error>),
-    #[error(transparent)]
-    Decode(#[from] crate::record::DecodeError),
+    /// The database was closed after an I/O error and is not reopened yet (backoff).
+    #[error("checksum store closed after an I/O error ({cause}); reopening in {retry_in:?}")]
+    Unavailable {
+        cause: io::ErrorKind,
+        retry_in: Duration,
+    },
+}
+
+impl StoreError {
+    /// The kind of the I/O error behind this failure, if it was one: a full disk
+    /// (`StorageFull`) or quota (`QuotaExceeded`) is answered as such, not as a local error.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            StoreError::Db(e) => match e.as_ref() {
+                redb::Error::Io(io) => Some(io.kind()),
+                _ => None,
+            },
+            StoreError::Unavailable { cause, .. } => Some(*cause),
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -80,118 +102,350 @@ fn key(user: &str, path: &str) -> String {
     format!("{user}\0{path}")
 }
 
-/// The embedded store.
+/// A stored value as a record; `None`, logged, when it cannot be decoded (written by a newer
+/// version, or damaged): its file then counts as untracked instead of failing every command
+/// that touches it, and the next upload of the file replaces it.
+fn decoded(key: &str, bytes: &[u8]) -> Option<Record> {
+    match Record::decode(bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let (user, path) = key.split_once('\0').unwrap_or(("", key));
+            tracing::warn!(%user, %path, error = %e, "ignoring a checksum record that cannot be decoded; the file counts as untracked");
+            None
+        }
+    }
+}
+
+/// Opens (or creates) the database file at `path`.
+type Opener = Box<dyn Fn(&Path) -> Result<Database, StoreError> + Send + Sync>;
+
+/// Opens the database file with fsync (`durable`) or without ([`NoSync`]).
+fn open_file(path: &Path, durable: bool) -> Result<Database, StoreError> {
+    if durable {
+        return Ok(Database::create(path)?);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::Db(Box::new(e.into())))?;
+    Ok(Database::builder().create_with_backend(NoSync(FileBackend::new(file)?))?)
+}
+
+/// True for the errors after which redb refuses all further work on the database: it cannot
+/// tell what reached the file, so only closing and reopening it (which recovers the last
+/// commit) makes it usable again.
+fn breaks_database(e: &redb::Error) -> bool {
+    matches!(
+        e,
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_)
+    )
+}
+
+/// The wait before reopening after `failures` failures in a row without a successful write:
+/// none after the first (the fault may be gone already), then doubling from 100 ms up to 5 s,
+/// so a lasting fault (a full disk) costs one reopening every few seconds at most.
+pub fn reopen_backoff(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => FIRST.saturating_mul(1 << (n - 2).min(16)).min(MAX),
+    }
+}
+
+/// The open database; `None` from a failure until it is reopened.
 #[derive(Debug)]
+struct Slot {
+    db: Option<Database>,
+    /// Counts openings, so a failure seen on an old database never closes a newer one.
+    generation: u64,
+}
+
+/// What the store knows of its recent failures.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failures since the last successful write; sets the wait before the next reopening.
+    failures: u32,
+    /// When the database was last closed or failed to reopen.
+    since: Option<Instant>,
+    /// The kind of I/O error behind the last failure, so that replies keep saying "disk full"
+    /// while the database stays closed.
+    cause: Option<io::ErrorKind>,
+}
+
+/// The embedded store. redb refuses all further work after one failed read or write (a full
+/// disk, EIO), so a failure closes the database and a later call reopens it, with backoff
+/// while the fault lasts: once the fault clears, the same process works again.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
     durable: bool,
+    opener: Opener,
+    /// Calls hold it shared while they use the database; closing and reopening hold it
+    /// exclusively, so the old database (and redb's lock on the file) is gone first.
+    slot: RwLock<Slot>,
+    health: Mutex<Health>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("durable", &self.durable)
+            .field("slot", &self.slot)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedbStore {
     /// Opens (or creates) `state_dir/records.redb`. With `durable` false, commits skip fsync.
     pub fn open(state_dir: &Path, durable: bool) -> Result<Self, StoreError> {
-        let path = state_dir.join("records.redb");
-        let db = if durable {
-            Database::create(path)?
-        } else {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| StoreError::Db(Box::new(e.into())))?;
-            Database::builder().create_with_backend(NoSync(FileBackend::new(file)?))?
-        };
+        Self::open_with(
+            state_dir.join("records.redb"),
+            durable,
+            Box::new(move |p| open_file(p, durable)),
+        )
+    }
+
+    /// Opens the database with `opener`, now and after every failure.
+    fn open_with(path: PathBuf, durable: bool, opener: Opener) -> Result<Self, StoreError> {
+        let db = opener(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
         txn.commit()?;
-        Ok(RedbStore { db, durable })
+        Ok(RedbStore {
+            path,
+            durable,
+            opener,
+            slot: RwLock::new(Slot {
+                db: Some(db),
+                generation: 0,
+            }),
+            health: Mutex::new(Health::default()),
+        })
     }
 
-    fn write_txn(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `op` on the database, reopening it first if a failure closed it. A failure that
+    /// breaks the database closes it; one that an earlier failure caused (`PreviousIo`) is
+    /// tried once more on the reopened database, since this call itself did nothing wrong.
+    fn with_db<T>(
+        &self,
+        writes: bool,
+        op: impl Fn(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut retried = false;
+        for _ in 0..4 {
+            let (generation, result) = {
+                let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+                match &slot.db {
+                    Some(db) => (slot.generation, op(db)),
+                    None => {
+                        drop(slot);
+                        self.reopen()?;
+                        continue;
+                    }
+                }
+            };
+            match result {
+                Ok(v) => {
+                    if writes {
+                        let mut h = self.health();
+                        if h.failures > 0 {
+                            *h = Health::default();
+                        }
+                    }
+                    return Ok(v);
+                }
+                Err(StoreError::Db(e)) if breaks_database(&e) => {
+                    let earlier = matches!(*e, redb::Error::PreviousIo);
+                    self.close(generation, &e);
+                    if earlier && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(self.explained(StoreError::Db(e)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.explained(StoreError::Db(Box::new(redb::Error::PreviousIo))))
+    }
+
+    /// `PreviousIo` says nothing of the cause; the cause that closed the database does.
+    fn explained(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Db(ref db) if matches!(**db, redb::Error::PreviousIo) => {
+                StoreError::Unavailable {
+                    cause: self.health().cause.unwrap_or(io::ErrorKind::Other),
+                    retry_in: Duration::ZERO,
+                }
+            }
+            e => e,
+        }
+    }
+
+    /// Closes the database of `generation` after `error` broke it (if no other call has).
+    fn close(&self, generation: u64, error: &redb::Error) {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.generation != generation || slot.db.is_none() {
+            return;
+        }
+        // redb's drop tries a last write, which a broken database refuses at once.
+        slot.db = None;
+        let mut h = self.health();
+        h.failures = h.failures.saturating_add(1);
+        h.since = Some(Instant::now());
+        if let redb::Error::Io(io) = error {
+            h.cause = Some(io.kind());
+        }
+        tracing::warn!(error = %error, failures = h.failures, "checksum store closed after an I/O error; it is reopened on the next use");
+    }
+
+    /// Reopens the closed database unless the backoff says to wait; redb recovers the last
+    /// commit. Calls wait for it (they would fail anyway), so the database is opened once.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.db.is_some() {
+            return Ok(());
+        }
+        let mut h = self.health();
+        let cause = h.cause.unwrap_or(io::ErrorKind::Other);
+        if let Some(since) = h.since {
+            let ready = since + reopen_backoff(h.failures);
+            let now = Instant::now();
+            if now < ready {
+                return Err(StoreError::Unavailable {
+                    cause,
+                    retry_in: ready - now,
+                });
+            }
+        }
+        match (self.opener)(&self.path) {
+            Ok(db) => {
+                slot.db = Some(db);
+                slot.generation += 1;
+                tracing::info!(failures = h.failures, "checksum store reopened");
+                Ok(())
+            }
+            Err(e) => {
+                h.failures = h.failures.saturating_add(1);
+                h.since = Some(Instant::now());
+                h.cause = e.io_kind().or(h.cause);
+                tracing::warn!(error = %e, failures = h.failures, "checksum store cannot be reopened yet");
+                Err(match e.io_kind() {
+                    Some(_) => e,
+                    None => StoreError::Unavailable {
+                        cause,
+                        retry_in: reopen_backoff(h.failures),
+                    },
+                })
+            }
+        }
+    }
+
+    fn write_txn(&self, db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = db.begin_write()?;
         if !self.durable {
             txn.set_durability(redb::Durability::Eventual);
         }
         Ok(txn)
     }
 }
-
 impl RecordStore for RedbStore {
     fn get(&self, user: &str, path: &str) -> Result<Option<Record>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(RECORDS)?;
-        let value = table.get(key(user, path).as_str())?;
-        Ok(match value {
-            Some(v) => Some(Record::decode(v.value())?),
-            None => None,
-        })
+        let k = key(user, path);
+        let value = self.with_db(false, |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let value = table.get(k.as_str())?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })?;
+        Ok(value.and_then(|v| decoded(&k, &v)))
     }
 
     fn put(&self, user: &str, path: &str, record: &Record) -> Result<(), StoreError> {
-        let txn = self.write_txn()?;
-        {
-            let mut table = txn.open_table(RECORDS)?;
-            table.insert(key(user, path).as_str(), record.encode().as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+        let (k, v) = (key(user, path), record.encode());
+        self.with_db(true, |db| {
+            let txn = self.write_txn(db)?;
+            {
+                let mut table = txn.open_table(RECORDS)?;
+                table.insert(k.as_str(), v.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn remove(&self, user: &str, path: &str) -> Result<(), StoreError> {
-        let txn = self.write_txn()?;
-        {
-            let mut table = txn.open_table(RECORDS)?;
-            table.remove(key(user, path).as_str())?;
-        }
-        txn.commit()?;
-        Ok(())
+        let k = key(user, path);
+        self.with_db(true, |db| {
+            let txn = self.write_txn(db)?;
+            {
+                let mut table = txn.open_table(RECORDS)?;
+                table.remove(k.as_str())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn rename(&self, user: &str, from: &str, to: &str) -> Result<(), StoreError> {
-        let txn = self.write_txn()?;
-        {
-            let mut table = txn.open_table(RECORDS)?;
-            let mut moves: Vec<(String, Vec<u8>)> = Vec::new();
-            if let Some(v) = table.remove(key(user, from).as_str())? {
-                moves.push((key(user, to), v.value().to_vec()));
+        self.with_db(true, |db| {
+            let txn = self.write_txn(db)?;
+            {
+                let mut table = txn.open_table(RECORDS)?;
+                let mut moves: Vec<(String, Vec<u8>)> = Vec::new();
+                if let Some(v) = table.remove(key(user, from).as_str())? {
+                    moves.push((key(user, to), v.value().to_vec()));
+                }
+                // Everything below `from/` when `from` is a directory: '/' + 1 == '0'.
+                let lo = key(user, &format!("{from}/"));
+                let hi = key(user, &format!("{from}0"));
+                let below: Vec<(String, Vec<u8>)> = table
+                    .range(lo.as_str()..hi.as_str())?
+                    .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+                    .collect::<Result<_, _>>()?;
+                let old_prefix = key(user, from);
+                let new_prefix = key(user, to);
+                for (k, v) in below {
+                    table.remove(k.as_str())?;
+                    moves.push((format!("{new_prefix}{}", &k[old_prefix.len()..]), v));
+                }
+                for (k, v) in moves {
+                    table.insert(k.as_str(), v.as_slice())?;
+                }
             }
-            // Everything below `from/` when `from` is a directory: '/' + 1 == '0'.
-            let lo = key(user, &format!("{from}/"));
-            let hi = key(user, &format!("{from}0"));
-            let below: Vec<(String, Vec<u8>)> = table
-                .range(lo.as_str()..hi.as_str())?
-                .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
-                .collect::<Result<_, _>>()?;
-            let old_prefix = key(user, from);
-            let new_prefix = key(user, to);
-            for (k, v) in below {
-                table.remove(k.as_str())?;
-                moves.push((format!("{new_prefix}{}", &k[old_prefix.len()..]), v));
-            }
-            for (k, v) in moves {
-                table.insert(k.as_str(), v.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            let record = Record::decode(v.value())?;
-            if record.open {
-                if let Some((user, path)) = k.value().split_once('\0') {
-                    out.push((user.to_string(), path.to_string(), record));
-                }
+        let all = self.with_db(false, |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let mut all = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                all.push((k.value().to_string(), v.value().to_vec()));
             }
-        }
-        Ok(out)
+            Ok(all)
+        })?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let record = decoded(&k, &v).filter(|r| r.open)?;
+                let (user, path) = k.split_once('\0')?;
+                Some((user.to_string(), path.to_string(), record))
+            })
+            .collect())
     }
 }
 
@@ -199,6 +453,8 @@ impl RecordStore for RedbStore {
 mod tests {
     use super::*;
     use crc_tools::State;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -251,5 +507,156 @@ mod tests {
         let open = s.open_records().unwrap();
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].1, "/open");
+    }
+
+    /// A value written by a newer version (or damaged) under `u /bad`, next to a good one.
+    fn store_with_a_bad_record(dir: &Path) -> RedbStore {
+        {
+            let s = RedbStore::open(dir, false).unwrap();
+            s.put("u", "/open", &Record::opened(None, 5, 5)).unwrap();
+            s.put("u", "/bad", &Record::opened(None, 5, 5)).unwrap();
+        }
+        {
+            let db = Database::create(dir.join("records.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(RECORDS).unwrap();
+                table
+                    .insert(key("u", "/bad").as_str(), [9u8, 1, 0, 0, 0].as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        RedbStore::open(dir, false).unwrap()
+    }
+
+    #[test]
+    fn an_undecodable_record_is_skipped_and_its_file_counts_as_untracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store_with_a_bad_record(dir.path());
+        let open: Vec<String> = s.open_records().unwrap().into_iter().map(|r| r.1).collect();
+        assert_eq!(open, ["/open"]);
+        assert!(
+            s.get("u", "/bad").unwrap().is_none(),
+            "no record: untracked"
+        );
+        // The next upload of the file replaces it.
+        s.put("u", "/bad", &Record::opened(Some(1), 2, 3)).unwrap();
+        assert_eq!(s.get("u", "/bad").unwrap().unwrap().declared, Some(1));
+    }
+
+    /// A file backend that fails every write, as a full disk does, while `full` is set.
+    #[derive(Debug)]
+    struct Faulty {
+        file: FileBackend,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Faulty {
+        fn check(&self) -> io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                Err(io::Error::from(io::ErrorKind::StorageFull))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Faulty {
+        fn len(&self) -> io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+            self.check()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    fn faulty_store(dir: &Path) -> (RedbStore, Arc<AtomicBool>) {
+        let full = Arc::new(AtomicBool::new(false));
+        let flag = full.clone();
+        let opener: Opener = Box::new(move |p| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+                .map_err(|e| StoreError::Db(Box::new(e.into())))?;
+            let backend = Faulty {
+                file: FileBackend::new(file)?,
+                full: flag.clone(),
+            };
+            Ok(Database::builder().create_with_backend(backend)?)
+        });
+        let s = RedbStore::open_with(dir.join("records.redb"), false, opener).unwrap();
+        (s, full)
+    }
+
+    #[test]
+    fn a_full_disk_closes_the_database_and_it_reopens_once_space_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, full) = faulty_store(dir.path());
+        let before = Record::opened(Some(7), 10, 99);
+        s.put("u", "/before", &before).unwrap();
+
+        full.store(true, Ordering::SeqCst);
+        let e = s.put("u", "/during", &before).unwrap_err();
+        assert_eq!(e.io_kind(), Some(io::ErrorKind::StorageFull), "{e}");
+        // While the fault lasts every call fails, and says why (a full disk, not "previous I/O").
+        for _ in 0..3 {
+            let e = s.put("u", "/during", &before).unwrap_err();
+            assert_eq!(e.io_kind(), Some(io::ErrorKind::StorageFull), "{e}");
+        }
+
+        full.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            match s.get("u", "/before") {
+                Ok(r) => break r,
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(e.io_kind(), Some(io::ErrorKind::StorageFull), "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("store did not come back: {e}"),
+            }
+        };
+        let stored = got.map(|r| r.encode());
+        assert_eq!(stored, Some(before.encode()), "the last commit survives");
+        assert!(
+            s.get("u", "/during").unwrap().is_none(),
+            "failed writes left nothing"
+        );
+        s.put("u", "/after", &before).unwrap();
+        assert!(s.get("u", "/after").unwrap().is_some());
+        assert_eq!(
+            s.health().failures,
+            0,
+            "a successful write clears the backoff"
+        );
+    }
+
+    #[test]
+    fn reopening_backs_off_up_to_a_ceiling() {
+        assert_eq!(reopen_backoff(1), Duration::ZERO);
+        assert_eq!(reopen_backoff(2), Duration::from_millis(100));
+        assert_eq!(reopen_backoff(3), Duration::from_millis(200));
+        let mut last = Duration::ZERO;
+        for n in 0..100 {
+            let d = reopen_backoff(n);
+            assert!(d >= last && d <= Duration::from_secs(5), "{n}: {d:?}");
+            last = d;
+        }
+        assert_eq!(last, Duration::from_secs(5));
     }
 }

@@ -32,6 +32,9 @@ pub struct UploadConfig {
     /// Write whole aligned blocks with `O_DIRECT`, past the page cache (Linux; falls back to
     /// ordinary writes where the filesystem refuses).
     pub direct_io: bool,
+    /// How long a sender may stay silent before its upload stops and records what it stored:
+    /// a box that lost power sends no FIN, and its upload would otherwise hold everything forever.
+    pub data_idle_timeout: Duration,
 }
 
 /// What the upload path shares across sessions.
@@ -77,6 +80,8 @@ pub enum UploadError {
     NotAFile,
     #[error("transfer interrupted after {stored} bytes were stored")]
     Interrupted { stored: u64 },
+    #[error("no data for {idle:?}: transfer stopped after {stored} bytes were stored")]
+    Stalled { stored: u64, idle: Duration },
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -91,9 +96,10 @@ impl From<UploadError> for unftp_core::storage::Error {
             UploadError::RestBeyondEnd { .. } | UploadError::KeyConflict { .. } => {
                 K::PermissionDenied
             }
-            UploadError::Mismatch { .. } | UploadError::Store(_) => K::LocalError,
+            UploadError::Mismatch { .. } => K::LocalError,
+            UploadError::Store(s) => crate::storage::store_error_kind(s),
             UploadError::NotAFile => K::FileNameNotAllowedError,
-            UploadError::Interrupted { .. } => K::ConnectionClosed,
+            UploadError::Interrupted { .. } | UploadError::Stalled { .. } => K::ConnectionClosed,
             UploadError::Io(io) => return crate::storage::io_error(io),
         };
         unftp_core::storage::Error::new(kind, e)
@@ -191,6 +197,10 @@ where
     let mut since_checkpoint = 0u64;
     let mut received = 0u64;
     let mut in_flight: Option<tokio::task::JoinHandle<WriteDone>> = None;
+    // When the sender last delivered a byte (or the upload began): the idle deadline counts
+    // from here, across buffers. Reads come before the deadline in the `select!`, so bytes
+    // that are waiting in the socket always win over it, however long a disk write took.
+    let mut last_byte = tokio::time::Instant::now();
 
     let ending = loop {
         // Fill `next` from the network while the previous buffer is being written. A full
@@ -212,6 +222,9 @@ where
         let mut last_data = fill_started;
         let pause = tokio::time::sleep(PAUSE);
         tokio::pin!(pause);
+        // Re-armed lazily like `pause`: a read does not touch the timer.
+        let idle = tokio::time::sleep_until(last_byte + cfg.data_idle_timeout);
+        tokio::pin!(idle);
         let mut paused = false;
         while filled < want {
             tokio::select! {
@@ -220,7 +233,11 @@ where
                 _ = abort.cancelled() => { end = Some(Ending::Stopped); break; }
                 r = reader.read(&mut next[lead + filled..lead + want]) => match r {
                     Ok(0) => { end = Some(Ending::Eof); break; }
-                    Ok(n) => { filled += n; last_data = Instant::now(); }
+                    Ok(n) => {
+                        filled += n;
+                        last_data = Instant::now();
+                        last_byte = tokio::time::Instant::now();
+                    }
                     Err(e) => { end = Some(Ending::ReadError(e)); break; }
                 },
                 _ = &mut pause, if filled > 0 => {
@@ -229,6 +246,13 @@ where
                         break;
                     }
                     pause.as_mut().reset((last_data + PAUSE).into());
+                }
+                _ = &mut idle => {
+                    if last_byte.elapsed() >= cfg.data_idle_timeout {
+                        end = Some(Ending::Idle);
+                        break;
+                    }
+                    idle.as_mut().reset(last_byte + cfg.data_idle_timeout);
                 }
             }
         }
@@ -335,6 +359,11 @@ where
             tracing::info!(%user, %path, size, error = %e, "upload interrupted; stored bytes recorded");
             Err(UploadError::Interrupted { stored: size })
         }
+        Ending::Idle => {
+            let idle = cfg.data_idle_timeout;
+            tracing::info!(%user, %path, size, ?idle, "upload stalled: no data from the sender; stored bytes recorded");
+            Err(UploadError::Stalled { stored: size, idle })
+        }
         Ending::WriteError(e) => {
             tracing::warn!(%user, %path, size, error = %e, "upload failed writing; stored bytes recorded");
             Err(e)
@@ -370,6 +399,8 @@ fn next_len(len: usize, cfg: &UploadConfig, took: Duration, paused: bool) -> usi
 enum Ending {
     Eof,
     Stopped,
+    /// The sender sent nothing for `data_idle_timeout`.
+    Idle,
     ReadError(io::Error),
     WriteError(UploadError),
 }
@@ -594,11 +625,7 @@ fn open_for_upload(
         // REST below the stored size, or a file with no record: read the prefix once.
         _ => crc_of_prefix(&file, start_pos)?,
     };
-    let declared = if start_pos == 0 {
-        session_declared
-    } else {
-        session_declared.or(stored_declared)
-    };
+    let declared = session_declared.or_else(|| carried_over(record.as_ref(), start_pos));
     if disk_len != start_pos {
         file.set_len(start_pos)?;
     }
@@ -622,6 +649,21 @@ fn open_for_upload(
         prefix_crc,
         declared,
     })
+}
+
+/// The file's declared KEY for an upload that declares none: a declaration survives until a
+/// different one is made. A resume (offset above 0) keeps it, and so does an upload from 0
+/// onto an unfinished upload (`partial`, `mismatch`), whose stored size may well be 0: the
+/// box is still sending the file it declared. A finished file stored again from 0 is a new,
+/// undeclared file, as with any FTP server.
+fn carried_over(record: Option<&Record>, start_pos: u64) -> Option<u32> {
+    let record = record?;
+    let unfinished = matches!(record.state, State::Partial | State::Mismatch);
+    if start_pos > 0 || unfinished {
+        record.declared
+    } else {
+        None
+    }
 }
 
 /// Makes a new directory entry durable.
@@ -653,7 +695,167 @@ mod tests {
             fsync: false,
             takeover_wait: Duration::from_secs(1),
             direct_io: false,
+            data_idle_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// A store, a root and the upload path around them, in a temporary directory.
+    fn setup(idle: Duration) -> (tempfile::TempDir, Arc<Shared>, Arc<Dir>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        for d in [&root, &state] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let store = crate::store::RedbStore::open(&state, false).expect("store");
+        let shared = Arc::new(Shared {
+            store: Arc::new(store),
+            writers: Arc::new(Writers::default()),
+            upload: UploadConfig {
+                data_idle_timeout: idle,
+                ..config(64 << 10, 64 << 10)
+            },
+            handoff: None,
+        });
+        let root = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).expect("root");
+        (dir, shared, Arc::new(root))
+    }
+
+    fn request(path: &str, start_pos: u64, declared: Option<u32>) -> Request {
+        Request {
+            user: "u".into(),
+            path: path.into(),
+            start_pos,
+            declared,
+        }
+    }
+
+    /// A sender that goes silent with its connection open (a box that lost power) is stopped
+    /// after the idle timeout, and what it sent is stored and recorded like any interrupted
+    /// upload's.
+    #[tokio::test]
+    async fn a_silent_sender_is_stopped_and_its_bytes_recorded() {
+        let idle = Duration::from_millis(300);
+        let (_dir, shared, root) = setup(idle);
+        let data = pattern(5000);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &data)
+            .await
+            .expect("send");
+        let t0 = Instant::now();
+        let req = request("/stall.ts", 0, Some(0xABCD));
+        let r = run(shared.clone(), root, req, rx, CancellationToken::new()).await;
+        let took = t0.elapsed();
+        assert!(
+            matches!(r, Err(UploadError::Stalled { stored: 5000, .. })),
+            "{r:?}"
+        );
+        assert!(took >= idle && took < idle * 10, "stopped after {took:?}");
+        let rec = shared
+            .store
+            .get("u", "/stall.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!(
+            (rec.size, rec.crc, rec.declared, rec.state, rec.open),
+            (
+                5000,
+                crc_tools::crc32(&data),
+                Some(0xABCD),
+                State::Partial,
+                false
+            )
+        );
+        assert_eq!(shared.writers.active(), 0, "the file was let go");
+        drop(tx);
+    }
+
+    /// The deadline is on silence, not on the whole transfer.
+    #[tokio::test]
+    async fn a_slow_sender_that_keeps_sending_is_not_stopped() {
+        let idle = Duration::from_millis(300);
+        let (_dir, shared, root) = setup(idle);
+        let data = pattern(8 * 100);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let sender = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                for piece in data.chunks(100) {
+                    tokio::io::AsyncWriteExt::write_all(&mut tx, piece)
+                        .await
+                        .expect("send");
+                    tokio::time::sleep(idle / 2).await;
+                }
+            })
+        };
+        let req = request("/slow.ts", 0, Some(crc_tools::crc32(&data)));
+        let r = run(shared.clone(), root, req, rx, CancellationToken::new()).await;
+        sender.await.expect("sender");
+        assert_eq!(r.expect("upload"), data.len() as u64);
+        let rec = shared
+            .store
+            .get("u", "/slow.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!(rec.state, State::Verified);
+    }
+
+    fn record(state: State, size: u64) -> Record {
+        Record {
+            declared: Some(0x5F2D_3A26),
+            size,
+            crc: 0,
+            state,
+            open: false,
+            updated: SystemTime::UNIX_EPOCH,
+            file: FileId::default(),
+        }
+    }
+
+    #[test]
+    fn a_declaration_survives_until_another_one_is_made_also_at_size_zero() {
+        let kept = Some(0x5F2D_3A26);
+        for state in [State::Partial, State::Mismatch] {
+            for size in [0, 100] {
+                let r = record(state, size);
+                assert_eq!(carried_over(Some(&r), 0), kept, "{state} of {size} bytes");
+                assert_eq!(carried_over(Some(&r), size.max(1)), kept);
+            }
+        }
+        // A finished file stored again from 0 is a new file; a resume onto it keeps the KEY.
+        for state in [State::Complete, State::Verified] {
+            assert_eq!(carried_over(Some(&record(state, 100)), 0), None, "{state}");
+            assert_eq!(carried_over(Some(&record(state, 100)), 100), kept);
+        }
+        assert_eq!(carried_over(None, 0), None);
+        assert_eq!(carried_over(None, 7), None);
+    }
+
+    /// The seed's resume of a partial that holds no byte yet: `REST 0` + `STOR` without a KEY.
+    #[tokio::test]
+    async fn a_zero_byte_partial_resumes_to_verified() {
+        let (_dir, shared, root) = setup(Duration::from_secs(60));
+        let data = pattern(3000);
+        let declared = crc_tools::crc32(&data);
+        let (empty, body) = (io::Cursor::new(Vec::new()), io::Cursor::new(data.clone()));
+        let first = request("/zero.ts", 0, Some(declared));
+        let r = run(
+            shared.clone(),
+            root.clone(),
+            first,
+            empty,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(r, Err(UploadError::Mismatch { .. })), "{r:?}");
+        let again = request("/zero.ts", 0, None);
+        let r = run(shared.clone(), root, again, body, CancellationToken::new()).await;
+        assert_eq!(r.expect("resume"), data.len() as u64);
+        let rec = shared
+            .store
+            .get("u", "/zero.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!((rec.declared, rec.state), (Some(declared), State::Verified));
     }
 
     #[test]

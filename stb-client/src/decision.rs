@@ -301,6 +301,23 @@ mod tests {
         assert!(wants_info(&local(None), &r));
     }
 
+    /// A partial of 0 bytes is resumed like any other: its declared KEY stands until another
+    /// one is declared, so there is nothing to delete.
+    #[test]
+    fn same_crc_and_an_empty_partial_resumes_from_zero() {
+        let mut r = present(0, known(F));
+        assert_eq!(
+            decide(&local(None), &r, false),
+            Decision::Resume { from: 0 }
+        );
+        assert!(wants_info(&local(None), &r));
+        r.info = facts(0, Some(0));
+        assert_eq!(
+            decide(&local(Some((0, 0))), &r, false),
+            Decision::Resume { from: 0 }
+        );
+    }
+
     #[test]
     fn same_crc_and_equal_size_is_complete() {
         let r = present(L, known(F));

@@ -340,6 +340,29 @@ fn same_crc_and_shorter_partial_resumes() {
     );
 }
 
+/// S = 0 is a resume like any other: the partial's declared KEY still stands on the server,
+/// so `REST 0` and the whole file, with no new declaration and no DELE.
+#[test]
+fn an_empty_partial_with_the_same_crc_resumes_from_zero() {
+    let file = local_bytes();
+    let r = run(cfg(), &file, partial_of(&file, 0));
+    assert_eq!(
+        r.model.commands[4..],
+        [
+            format!("SITE KEY NULL {PATH}"),
+            format!("SITE KEY INFO {PATH}"),
+            "PASV".to_string(),
+            "REST 0".to_string(),
+            format!("STOR {PATH}"),
+            "QUIT".to_string(),
+        ]
+    );
+    let o = r.outcome();
+    assert_eq!(o.decision, Decision::Resume { from: 0 });
+    assert_eq!((o.resumed_from, o.bytes_sent, o.verified), (0, 1000, true));
+    assert_eq!(r.model.file.unwrap(), file);
+}
+
 #[test]
 fn equal_partial_verified_by_info_sends_nothing() {
     let file = local_bytes();

@@ -1,14 +1,22 @@
-//! The front in front of a real libunftp server in PROXY protocol mode, driven over TCP.
+//! The front in front of a real libunftp server (ordinary mode, loopback, kernel-picked passive
+//! ports), driven over TCP: with unftp-sbe-fs (data connections relayed) and with ftpd's own
+//! storage (uploads handed over to the upload path).
 
 use ftpd::front::{Front, FrontConfig, FrontError};
+use ftpd::handoff::Handoff;
+use ftpd::store::{RecordStore, RedbStore};
+use ftpd::upload::{Shared, UploadConfig};
+use ftpd::users::HomeProvider;
+use ftpd::writers::Writers;
 use libunftp::options::{Reply, ReplyCode, SiteCommandContext, SiteCommandHandler};
 use libunftp::ServerBuilder;
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,6 +26,9 @@ use unftp_sbe_fs::Filesystem;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cret";
+/// A second account, to tell per-user throttling from per-address throttling.
+const USER2: &str = "bob";
+const PASSWORD2: &str = "hunter2";
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
@@ -30,7 +41,10 @@ impl Authenticator for TestAuth {
         username: &str,
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
-        if username == USER && creds.password.as_deref() == Some(PASSWORD) {
+        let password = creds.password.as_deref();
+        if (username, password) == (USER, Some(PASSWORD))
+            || (username, password) == (USER2, Some(PASSWORD2))
+        {
             Ok(Principal {
                 username: username.to_string(),
             })
@@ -77,8 +91,18 @@ impl Drop for TempDir {
 
 struct Harness {
     front: SocketAddr,
-    dir: TempDir,
+    /// The front's public passive ports.
+    passive: Vec<u16>,
+    /// Where `USER`'s uploads land.
+    files: PathBuf,
+    _dir: TempDir,
     _stop: oneshot::Sender<()>,
+}
+
+impl Harness {
+    fn file(&self, name: &str) -> PathBuf {
+        self.files.join(name)
+    }
 }
 
 /// A free port on a loopback address of this harness's own (127.200.x.y): tests run in parallel,
@@ -92,45 +116,37 @@ fn free_loopback_port() -> SocketAddr {
 
 type Builder = ServerBuilder<Filesystem, DefaultUser>;
 
-/// Starts libunftp (PROXY mode, loopback) behind a front on `public_ip`.
-async fn start(public_ip: IpAddr, tune: impl Fn(&mut FrontConfig)) -> Harness {
-    start_server(public_ip, tune, |b| b).await
-}
-
-async fn start_server(
+/// Binds a front on `public_ip` with 16 passive ports from a random range (a busy port is
+/// skipped), `tune` applied, for a libunftp on a loopback address of its own.
+async fn bind_front(
     public_ip: IpAddr,
+    handoff: Option<Arc<Handoff>>,
     tune: impl Fn(&mut FrontConfig),
-    server_options: impl FnOnce(Builder) -> Builder,
-) -> Harness {
-    let dir = TempDir::new();
+) -> (Front, SocketAddr) {
     let backend = free_loopback_port();
-    let mut attempt = 0;
-    let (front, passive) = loop {
-        attempt += 1;
+    for _ in 0..20 {
         let base = 20_000 + (random_u64() % 40_000) as u16;
         let mut cfg = FrontConfig::new(SocketAddr::new(public_ip, 0), base..=base + 15, backend);
+        cfg.handoff = handoff.clone();
         tune(&mut cfg);
-        let passive = cfg.passive_ports.clone();
         match Front::bind(cfg).await {
-            Ok(f) => break (f, passive),
-            Err(FrontError::BindPassive { .. }) if attempt < 20 => continue,
+            Ok(f) => return (f, backend),
+            Err(FrontError::NoPassivePort { .. }) => continue,
             Err(e) => panic!("front bind: {e}"),
         }
-    };
-    let front_addr = front.local_addr();
-    let root = dir.0.clone();
-    let server = server_options(
-        ServerBuilder::with_authenticator(
-            Box::new(move || Filesystem::new(root.clone()).expect("filesystem")),
-            Arc::new(TestAuth),
-        )
-        .proxy_protocol_mode(front_addr.port())
-        .passive_ports(passive)
-        .site_command("KEY", EchoKey),
-    )
-    .build()
-    .expect("libunftp builds");
-    let listening = tokio::spawn(server.listen(backend.to_string()));
+    }
+    panic!("no free passive range")
+}
+
+/// Runs libunftp's `listen` future until it accepts on `backend`, then the front.
+async fn launch(
+    listen: impl Future<Output = Result<(), libunftp::ServerError>> + Send + 'static,
+    backend: SocketAddr,
+    front: Front,
+    dir: TempDir,
+    files: PathBuf,
+) -> Harness {
+    let listening = tokio::spawn(listen);
     let mut up = false;
     for _ in 0..500 {
         if listening.is_finished() {
@@ -146,15 +162,98 @@ async fn start_server(
         listening.abort();
         panic!("libunftp did not start on {backend}: {:?}", listening.await);
     }
+    let front_addr = front.local_addr();
+    let passive = front.passive_ports();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(front.run(async move {
         let _ = stopped.await;
     }));
     Harness {
         front: front_addr,
-        dir,
+        passive,
+        files,
+        _dir: dir,
         _stop: stop,
     }
+}
+
+/// Starts libunftp with unftp-sbe-fs (ordinary mode, loopback) behind a front on `public_ip`;
+/// the front relays every data connection.
+async fn start(public_ip: IpAddr, tune: impl Fn(&mut FrontConfig)) -> Harness {
+    start_server(public_ip, tune, |b| b).await
+}
+
+async fn start_server(
+    public_ip: IpAddr,
+    tune: impl Fn(&mut FrontConfig),
+    server_options: impl FnOnce(Builder) -> Builder,
+) -> Harness {
+    let dir = TempDir::new();
+    let (front, backend) = bind_front(public_ip, None, tune).await;
+    let root = dir.0.clone();
+    let server = server_options(
+        ServerBuilder::with_authenticator(
+            Box::new(move || Filesystem::new(root.clone()).expect("filesystem")),
+            Arc::new(TestAuth),
+        )
+        // As ftpd/src/server.rs runs it: ordinary mode, a kernel-picked loopback port per PASV.
+        .passive_ports(0..=0)
+        .site_command("KEY", EchoKey),
+    )
+    .build()
+    .expect("libunftp builds");
+    let files = dir.0.clone();
+    launch(
+        server.listen(backend.to_string()),
+        backend,
+        front,
+        dir,
+        files,
+    )
+    .await
+}
+
+/// Starts libunftp with ftpd's own storage and upload path behind a front that hands plain
+/// uploads over, as `ftpd::server` wires them.
+async fn start_ftpd_storage(tune: impl Fn(&mut FrontConfig)) -> Harness {
+    let dir = TempDir::new();
+    let (root, state) = (dir.0.join("root"), dir.0.join("state"));
+    for d in [&root, &state] {
+        std::fs::create_dir_all(d).expect("create dir");
+    }
+    let handoff = Arc::new(Handoff::default());
+    let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&state, false).expect("store"));
+    let shared = Arc::new(Shared {
+        store,
+        writers: Arc::new(Writers::default()),
+        upload: UploadConfig {
+            buffer: 64 * 1024,
+            buffer_max: 1024 * 1024,
+            checkpoint: 16 << 20,
+            fsync: false,
+            takeover_wait: Duration::from_secs(5),
+            direct_io: false,
+            data_idle_timeout: Duration::from_secs(60),
+        },
+        handoff: Some(handoff.clone()),
+    });
+    let (front, backend) = bind_front(IpAddr::V4(Ipv4Addr::LOCALHOST), Some(handoff), tune).await;
+    let server = ServerBuilder::with_user_detail_provider(
+        Box::new(move || ftpd::storage::KeyStorage::new(shared.clone())),
+        Arc::new(HomeProvider { root: root.clone() }),
+    )
+    .authenticator(Arc::new(TestAuth))
+    .passive_ports(0..=0)
+    .build()
+    .expect("libunftp builds");
+    launch(
+        server.listen(backend.to_string()),
+        backend,
+        front,
+        dir,
+        root.join(USER),
+    )
+    .await
 }
 
 /// A minimal FTP client that shows replies exactly as received.
@@ -232,9 +331,31 @@ impl Ftp {
 
     async fn login(&mut self) {
         self.greet().await;
-        assert_eq!(self.cmd(&format!("USER {USER}")).await.0, 331);
-        let (code, text) = self.cmd(&format!("PASS {PASSWORD}")).await;
-        assert_eq!(code, 230, "{text}");
+        self.login_as(USER, PASSWORD).await;
+    }
+
+    /// `USER` + `PASS`; the code of the reply to `PASS`.
+    async fn try_login(&mut self, user: &str, password: &str) -> u16 {
+        assert_eq!(self.cmd(&format!("USER {user}")).await.0, 331);
+        self.cmd(&format!("PASS {password}")).await.0
+    }
+
+    async fn login_as(&mut self, user: &str, password: &str) {
+        assert_eq!(self.try_login(user, password).await, 230);
+    }
+
+    /// `EPSV`: the port announced, at the address the control connection reached.
+    async fn epsv(&mut self) -> SocketAddr {
+        let (code, text) = self.cmd("EPSV").await;
+        assert_eq!(code, 229, "{text}");
+        let port = text
+            .split("(|||")
+            .nth(1)
+            .and_then(|r| r.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected reply {text:?}"));
+        let ip = self.w.peer_addr().expect("peer").ip();
+        SocketAddr::new(ip, port)
     }
 
     async fn pasv(&mut self) -> SocketAddr {
@@ -357,7 +478,7 @@ async fn pasv_upload_download_and_list() {
     assert_eq!(ftp.cmd("TYPE I").await.0, 200);
     let data = test_data(5 * 1024 * 1024 + 123);
     stor(&mut ftp, "rec.ts", &data).await;
-    let stored = std::fs::read(h.dir.0.join("rec.ts")).expect("stored file");
+    let stored = std::fs::read(h.file("rec.ts")).expect("stored file");
     assert!(stored == data, "upload arrived byte-identical");
 
     let (code, text) = ftp.cmd("SIZE rec.ts").await;
@@ -375,7 +496,7 @@ async fn pasv_upload_download_and_list() {
     stor(&mut ftp, "rec.ts", &tail).await;
     let mut expect = data[..1000].to_vec();
     expect.extend_from_slice(&tail);
-    assert!(std::fs::read(h.dir.0.join("rec.ts")).expect("file") == expect);
+    assert!(std::fs::read(h.file("rec.ts")).expect("file") == expect);
     let addr = ftp.pasv().await;
     let mut dc = TcpStream::connect(addr).await.expect("data connect");
     assert_eq!(ftp.cmd("APPE rec.ts").await.0, 150);
@@ -383,14 +504,34 @@ async fn pasv_upload_download_and_list() {
     drop(dc);
     assert_eq!(ftp.reply().await.0, 226);
     expect.extend_from_slice(b"appended");
-    assert!(std::fs::read(h.dir.0.join("rec.ts")).expect("file") == expect);
+    assert!(std::fs::read(h.file("rec.ts")).expect("file") == expect);
+
+    // EPSV: the front's port in the extended form, both ways.
+    let addr = ftp.epsv().await;
+    assert!(
+        h.passive.contains(&addr.port()),
+        "{addr} not in {:?}",
+        h.passive
+    );
+    let mut dc = TcpStream::connect(addr).await.expect("data connect");
+    assert_eq!(ftp.cmd("STOR e.bin").await.0, 150);
+    dc.write_all(&tail).await.expect("upload");
+    drop(dc);
+    assert_eq!(ftp.reply().await.0, 226);
+    let addr = ftp.epsv().await;
+    let mut dc = TcpStream::connect(addr).await.expect("data connect");
+    assert_eq!(ftp.cmd("RETR e.bin").await.0, 150);
+    let mut back = Vec::new();
+    dc.read_to_end(&mut back).await.expect("download");
+    assert_eq!(ftp.reply().await.0, 226);
+    assert!(back == tail);
     assert_eq!(ftp.cmd("QUIT").await.0, 221);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn remote_client_gets_a_reachable_pasv_address() {
-    // A non-loopback address of this host stands in for a remote network: libunftp sees the
-    // client as that address (logs, switchboard) and PASV must name the address it connected to.
+    // A non-loopback address of this host stands in for a remote network: PASV must name the
+    // address the client connected to, and a data connection from there must match its promise.
     let Some(ip) = non_loopback_ipv4() else {
         eprintln!("no non-loopback IPv4 address; skipping");
         return;
@@ -405,9 +546,13 @@ async fn remote_client_gets_a_reachable_pasv_address() {
         IpAddr::V4(ip),
         "PASV names the address the client reached"
     );
+    assert!(
+        h.passive.contains(&addr.port()),
+        "PASV names a port of the front's"
+    );
     let data = test_data(2 * 1024 * 1024);
     stor(&mut ftp, "remote.ts", &data).await;
-    assert!(std::fs::read(h.dir.0.join("remote.ts")).expect("file") == data);
+    assert!(std::fs::read(h.file("remote.ts")).expect("file") == data);
     assert_eq!(ftp.cmd("KEY NULL").await.0, 230);
 }
 
@@ -462,16 +607,13 @@ async fn a_proxy_header_from_a_client_is_just_a_bad_command() {
     assert_eq!(ftp.cmd(&format!("USER {USER}")).await.0, 331);
     assert_eq!(ftp.cmd(&format!("PASS {PASSWORD}")).await.0, 230);
     assert_eq!(ftp.cmd(header).await.0, 500);
-    // The session still belongs to the real address: a passive transfer works.
+    // The session goes on as before: a passive transfer works.
     stor(&mut ftp, "p.bin", b"hello").await;
-    assert_eq!(
-        std::fs::read(h.dir.0.join("p.bin")).expect("file"),
-        b"hello"
-    );
+    assert_eq!(std::fs::read(h.file("p.bin")).expect("file"), b"hello");
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn failed_logins_are_throttled_per_address() {
+async fn failed_logins_are_throttled_per_user_at_an_address() {
     let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
         cfg.login_failures = 3;
         cfg.login_window = Duration::from_secs(60);
@@ -483,29 +625,93 @@ async fn failed_logins_are_throttled_per_address() {
     let mut a = Ftp::connect_from(attacker, h.front).await;
     a.greet().await;
     for _ in 0..2 {
-        assert_eq!(a.cmd(&format!("USER {USER}")).await.0, 331);
-        assert_eq!(a.cmd("PASS wrong").await.0, 530);
+        assert_eq!(a.try_login(USER, "wrong").await, 530);
     }
     // A second connection from the same address adds to the same count.
     let mut a2 = Ftp::connect_from(attacker, h.front).await;
     a2.greet().await;
-    assert_eq!(a2.cmd(&format!("USER {USER}")).await.0, 331);
-    assert_eq!(a2.cmd("PASS wrong").await.0, 530);
+    assert_eq!(a2.try_login(USER, "wrong").await, 530);
     // The failure that reaches the limit is answered, then that connection is closed with 421.
     assert_eq!(a2.reply().await.0, 421);
     assert!(a2.closed().await);
-    // Further logins on an open connection and new connections get 421, even with the right password.
-    assert_eq!(a.cmd(&format!("USER {USER}")).await.0, 331);
-    assert_eq!(a.cmd(&format!("PASS {PASSWORD}")).await.0, 421);
+    // That user's logins from that address get 421 on an open connection and on a new one,
+    // even with the right password.
+    assert_eq!(a.try_login(USER, PASSWORD).await, 421);
     assert!(a.closed().await);
     let mut a3 = Ftp::connect_from(attacker, h.front).await;
-    assert_eq!(a3.reply().await.0, 421);
+    a3.greet().await;
+    assert_eq!(a3.try_login(USER, PASSWORD).await, 421);
     assert!(a3.closed().await);
 
-    // Everybody else still logs in.
+    // Another user at that address is not blocked (a carrier NAT shares addresses)...
+    let mut a4 = Ftp::connect_from(attacker, h.front).await;
+    a4.greet().await;
+    a4.login_as(USER2, PASSWORD2).await;
+    assert_eq!(a4.cmd("KEY 0x1").await.0, 230);
+    // ...nor is that user from another address.
     let mut b = Ftp::connect_from(other, h.front).await;
     b.login().await;
     assert_eq!(b.cmd("KEY 0x1").await.0, 230);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn failed_logins_over_all_users_are_throttled_per_address() {
+    let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
+        cfg.login_failures = 3;
+        cfg.login_failures_per_address = 4;
+        cfg.login_window = Duration::from_secs(60);
+    })
+    .await;
+    let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    let mut a = Ftp::connect_from(attacker, h.front).await;
+    a.greet().await;
+    // Two failures each for two users: neither user reaches 3, the address reaches 4.
+    for user in [USER, USER2, USER] {
+        assert_eq!(a.try_login(user, "wrong").await, 530);
+    }
+    assert_eq!(a.try_login(USER2, "wrong").await, 530);
+    assert_eq!(a.reply().await.0, 421);
+    assert!(a.closed().await);
+    // The whole address is refused on connect, whoever it would log in as.
+    let mut again = Ftp::connect_from(attacker, h.front).await;
+    let (code, text) = again.reply().await;
+    assert_eq!(code, 421, "{text}");
+    assert!(again.closed().await);
+    // Other addresses are not.
+    let mut b = Ftp::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)), h.front).await;
+    b.login().await;
+}
+
+/// Runs `guesses` parallel connections from `ip`, each sending `USER`+`PASS` with a wrong
+/// password for `user(i)` at once; returns how many were answered 530 (the rest got 421).
+async fn parallel_guesses(
+    front: SocketAddr,
+    ip: IpAddr,
+    guesses: usize,
+    user: fn(usize) -> String,
+) -> usize {
+    let tasks = (0..guesses).map(|i| {
+        tokio::spawn(async move {
+            let mut c = Ftp::connect_from(ip, front).await;
+            let (code, _) = c.reply().await;
+            if code != 220 {
+                return code;
+            }
+            c.send(format!("USER {}\r\nPASS wrong{i}\r\n", user(i)).as_bytes())
+                .await;
+            assert_eq!(c.reply().await.0, 331);
+            c.reply().await.0
+        })
+    });
+    let mut failures = 0;
+    for g in tasks.collect::<Vec<_>>() {
+        match g.await.expect("guess task") {
+            530 => failures += 1,
+            421 => {}
+            other => panic!("unexpected reply {other}"),
+        }
+    }
+    failures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,55 +721,66 @@ async fn parallel_guesses_do_not_exceed_the_limit() {
     })
     .await;
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
-    let front = h.front;
-    let guesses = (0..12).map(|i| {
-        tokio::spawn(async move {
-            let mut c = Ftp::connect_from(ip, front).await;
-            let (code, _) = c.reply().await;
-            if code != 220 {
-                return code;
-            }
-            c.send(format!("USER {USER}\r\nPASS wrong{i}\r\n").as_bytes())
-                .await;
-            assert_eq!(c.reply().await.0, 331);
-            c.reply().await.0
-        })
-    });
-    let mut failures = 0;
-    for g in guesses.collect::<Vec<_>>() {
-        match g.await.expect("guess task") {
-            530 => failures += 1,
-            421 => {}
-            other => panic!("unexpected reply {other}"),
-        }
-    }
+    let failures = parallel_guesses(h.front, ip, 12, |_| USER.to_string()).await;
+    assert_eq!(failures, 3, "guesses answered before the block");
+    // The user is blocked at that address; the address itself is not.
+    let mut again = Ftp::connect_from(ip, h.front).await;
+    again.greet().await;
+    assert_eq!(again.try_login(USER, PASSWORD).await, 421);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_over_many_users_do_not_exceed_the_address_limit() {
+    let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
+        cfg.login_failures = 100;
+        cfg.login_failures_per_address = 3;
+    })
+    .await;
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 8));
+    let failures = parallel_guesses(h.front, ip, 12, |i| format!("user{i}")).await;
     assert_eq!(failures, 3, "guesses answered before the block");
     let mut again = Ftp::connect_from(ip, h.front).await;
     assert_eq!(again.reply().await.0, 421);
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_success_resets_the_count() {
+async fn a_success_clears_only_its_own_users_count() {
     let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), |cfg| {
         cfg.login_failures = 2
     })
     .await;
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
+    // A failure then a success, again and again: the success clears the user's count.
     for _ in 0..3 {
         let mut c = Ftp::connect_from(ip, h.front).await;
         c.greet().await;
-        assert_eq!(c.cmd(&format!("USER {USER}")).await.0, 331);
-        assert_eq!(c.cmd("PASS wrong").await.0, 530);
-        assert_eq!(c.cmd(&format!("USER {USER}")).await.0, 331);
-        assert_eq!(c.cmd(&format!("PASS {PASSWORD}")).await.0, 230);
+        assert_eq!(c.try_login(USER, "wrong").await, 530);
+        c.login_as(USER, PASSWORD).await;
     }
+    // Another user's success does not clear this one's.
+    let mut c = Ftp::connect_from(ip, h.front).await;
+    c.greet().await;
+    assert_eq!(c.try_login(USER2, "wrong").await, 530);
+    c.login_as(USER, PASSWORD).await;
+    let mut c = Ftp::connect_from(ip, h.front).await;
+    c.greet().await;
+    assert_eq!(c.try_login(USER2, "wrong").await, 530);
+    assert_eq!(c.reply().await.0, 421);
+    assert!(c.closed().await);
+    let mut c = Ftp::connect_from(ip, h.front).await;
+    c.greet().await;
+    assert_eq!(c.try_login(USER2, PASSWORD2).await, 421);
+    // The user that succeeded still logs in from there.
+    let mut c = Ftp::connect_from(ip, h.front).await;
+    c.greet().await;
+    c.login_as(USER, PASSWORD).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn abor_during_a_download() {
     let h = start_default().await;
     let size = 64 * 1024 * 1024;
-    std::fs::write(h.dir.0.join("big.bin"), test_data(size)).expect("write big file");
+    std::fs::write(h.file("big.bin"), test_data(size)).expect("write big file");
     let mut ftp = Ftp::connect(h.front).await;
     ftp.login().await;
     let addr = ftp.pasv().await;
@@ -597,6 +814,19 @@ async fn abor_during_a_download() {
 #[tokio::test(flavor = "current_thread")]
 async fn unmatched_data_connection_is_closed() {
     let h = start_default().await;
+    // No PASV yet: every passive port closes a connection at once.
+    for port in &h.passive {
+        let mut dc = TcpStream::connect((Ipv4Addr::LOCALHOST, *port))
+            .await
+            .expect("connect");
+        let began = Instant::now();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), dc.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(n, Ok(0) | Err(_)));
+        assert!(began.elapsed() < Duration::from_secs(2));
+    }
     let mut ftp = Ftp::connect(h.front).await;
     ftp.login().await;
     let addr = ftp.pasv().await;
@@ -643,8 +873,9 @@ async fn python_ftplib_works_through_the_front() {
     assert!(stdout.contains("ftplib: all ok"), "{stdout}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ftps_control_channel_is_relayed_raw() {
+/// libunftp with FTPS behind a front, and the directory holding its certificate; `None` without
+/// openssl or curl.
+async fn start_ftps() -> Option<(Harness, TempDir)> {
     let tools = ["openssl", "curl"].iter().all(|t| {
         std::process::Command::new(t)
             .arg("--version")
@@ -653,7 +884,7 @@ async fn ftps_control_channel_is_relayed_raw() {
     });
     if !tools {
         eprintln!("openssl or curl not found; skipping");
-        return;
+        return None;
     }
     let certs = TempDir::new();
     let (cert, key) = (certs.0.join("cert.pem"), certs.0.join("key.pem"));
@@ -678,51 +909,69 @@ async fn ftps_control_channel_is_relayed_raw() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let (c, k) = (cert.clone(), key.clone());
     let h = start_server(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         |_| {},
-        move |b| b.ftps(c, k),
+        move |b| b.ftps(cert, key),
     )
     .await;
-    let upload = certs.0.join("up.bin");
-    let data = test_data(1024 * 1024);
-    std::fs::write(&upload, &data).expect("write upload");
-    let curl = |quote: &'static str| {
-        let url = format!("ftp://{USER}:{PASSWORD}@{}/tls.bin", h.front);
-        let upload = upload.clone();
-        async move {
-            tokio::process::Command::new("curl")
-                .args([
-                    "-sS",
-                    "--ssl-reqd",
-                    "-k",
-                    "--max-time",
-                    "60",
-                    "-Q",
-                    quote,
-                    "-T",
-                ])
-                .arg(&upload)
-                .arg(url)
-                .output()
-                .await
-                .expect("run curl")
-        }
+    Some((h, certs))
+}
+
+/// curl over explicit FTPS to `tls.bin` on the harness, with `args` before the URL.
+async fn curl_ftps(h: &Harness, args: Vec<std::ffi::OsString>) -> std::process::Output {
+    let url = format!("ftp://{USER}:{PASSWORD}@{}/tls.bin", h.front);
+    tokio::process::Command::new("curl")
+        .args(["-sS", "--ssl-reqd", "-k", "--max-time", "60"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("run curl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftps_control_channel_is_relayed_raw() {
+    let Some((h, _certs)) = start_ftps().await else {
+        return;
     };
+    std::fs::write(h.file("tls.bin"), b"0123456789").expect("write file");
+    // `-I`: SIZE and MDTM over the TLS control channel, no data connection.
+    let head = |quote: &'static str| curl_ftps(&h, vec!["-I".into(), "-Q".into(), quote.into()]);
     // Under TLS the front cannot see commands: SITE KEY works, bare KEY reaches libunftp as is.
-    let ok = curl("SITE KEY 0x5F2D3A26").await;
+    let ok = head("SITE KEY 0x5F2D3A26").await;
+    let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(std::fs::read(h.dir.0.join("tls.bin")).expect("file") == data);
-    let bare = curl("KEY 0x5F2D3A26").await;
+    assert!(stdout.contains("Content-Length: 10"), "{stdout}");
+    let bare = head("KEY 0x5F2D3A26").await;
     assert!(
         !bare.status.success(),
         "bare KEY is not rewritten inside TLS"
     );
+}
+
+/// Inside TLS the front cannot rewrite libunftp's `227`/`229`, so the client is sent to
+/// libunftp's own loopback listener, which it cannot reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn ftps_uploads_go_through_the_front() {
+    let Some((h, certs)) = start_ftps().await else {
+        return;
+    };
+    let upload = certs.0.join("up.bin");
+    let data = test_data(1024 * 1024);
+    std::fs::write(&upload, &data).expect("write upload");
+    let ok = curl_ftps(&h, vec!["-T".into(), upload.into_os_string()]).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(std::fs::read(h.file("tls.bin")).expect("file") == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,4 +1035,127 @@ async fn garbage_from_clients_leaves_the_front_serving() {
     ftp.login().await;
     assert_eq!(ftp.cmd("KEY 0x5F2D3A26").await.0, 230);
     stor(&mut ftp, "after-junk.bin", b"fine").await;
+}
+
+/// Many sessions from one address upload at once, each its own content in rounds that start
+/// together; every file must hold exactly what its own session sent.
+async fn concurrent_uploads_stay_apart(h: &Harness, sessions: usize, rounds: usize) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(sessions));
+    let front = h.front;
+    let tasks: Vec<_> = (0..sessions)
+        .map(|i| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut ftp = Ftp::connect(front).await;
+                ftp.login().await;
+                assert_eq!(ftp.cmd("TYPE I").await.0, 200);
+                let mut sent = Vec::new();
+                for r in 0..rounds {
+                    let name = format!("s{i:02}-r{r}.bin");
+                    // Different lengths too, so a mix-up cannot go unnoticed by size alone.
+                    let data = test_data(96 * 1024 + i * 1021 + r * 7);
+                    barrier.wait().await;
+                    stor(&mut ftp, &name, &data).await;
+                    sent.push((name, data));
+                }
+                assert_eq!(ftp.cmd("QUIT").await.0, 221);
+                sent
+            })
+        })
+        .collect();
+    let mut files = 0;
+    for t in tasks {
+        let sent = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("sessions in time")
+            .expect("session task");
+        for (name, data) in sent {
+            let stored = std::fs::read(h.file(&name)).expect("stored file");
+            assert!(
+                stored == data,
+                "{name}: {} bytes stored, {} sent by its session",
+                stored.len(),
+                data.len()
+            );
+            files += 1;
+        }
+    }
+    assert_eq!(files, sessions * rounds);
+}
+
+/// 30 sessions, 32 passive ports: ports are used again and again by different sessions of the
+/// same address.
+fn room_for_30(cfg: &mut FrontConfig) {
+    let start = *cfg.passive_ports.start();
+    cfg.passive_ports = start..=start + 31;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sessions_of_one_address_get_their_own_data_relayed() {
+    let h = start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), room_for_30).await;
+    concurrent_uploads_stay_apart(&h, 30, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sessions_of_one_address_get_their_own_data_handed_over() {
+    let h = start_ftpd_storage(room_for_30).await;
+    concurrent_uploads_stay_apart(&h, 30, 3).await;
+}
+
+/// A client QUITs while its upload's data connection is open and silent; nobody else waits.
+async fn quit_mid_upload_holds_up_nobody(h: &Harness) {
+    let quick = Duration::from_secs(2);
+    let mut other = Ftp::connect(h.front).await;
+    other.login().await;
+    let mut a = Ftp::connect(h.front).await;
+    a.login().await;
+    let addr = a.pasv().await;
+    let mut dc = TcpStream::connect(addr).await.expect("data connect");
+    let (code, text) = a.cmd("STOR stalled.bin").await;
+    assert!(code == 150 || code == 125, "{text}");
+    dc.write_all(&test_data(256 * 1024)).await.expect("upload");
+    // From here the data connection is held open and silent.
+    a.send(b"QUIT\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let began = Instant::now();
+    let mut b = tokio::time::timeout(quick, async {
+        let mut b = Ftp::connect(h.front).await;
+        b.greet().await;
+        b
+    })
+    .await
+    .expect("a new connection is greeted within 2 s");
+    assert!(began.elapsed() < quick);
+    let addr = tokio::time::timeout(quick, other.pasv())
+        .await
+        .expect("PASV on another session within 2 s");
+    // That session's transfer goes through, and the new one's login and PASV too.
+    let mut odc = TcpStream::connect(addr).await.expect("data connect");
+    let (code, text) = other.cmd("STOR other.bin").await;
+    assert!(code == 150 || code == 125, "{text}");
+    odc.write_all(b"unhindered").await.expect("upload");
+    drop(odc);
+    assert_eq!(other.reply().await.0, 226);
+    assert_eq!(
+        std::fs::read(h.file("other.bin")).expect("file"),
+        b"unhindered"
+    );
+    b.login_as(USER, PASSWORD).await;
+    tokio::time::timeout(quick, b.pasv())
+        .await
+        .expect("PASV on a new session within 2 s");
+    drop(dc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_mid_relayed_upload_holds_up_nobody() {
+    let h = start_default().await;
+    quit_mid_upload_holds_up_nobody(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_mid_handed_over_upload_holds_up_nobody() {
+    let h = start_ftpd_storage(|_| {}).await;
+    quit_mid_upload_holds_up_nobody(&h).await;
 }
