@@ -909,9 +909,12 @@ async fn start_ftps() -> Option<(Harness, TempDir)> {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    // The front ends the control channel's TLS; libunftp, with the same certificate, the data
+    // connections' (PROT P).
+    let tls = ftpd::front::tls::server_config(&cert, &key).expect("TLS configuration");
     let h = start_server(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
-        |_| {},
+        move |cfg| cfg.tls = Some(tls.clone()),
         move |b| b.ftps(cert, key),
     )
     .await;
@@ -931,33 +934,30 @@ async fn curl_ftps(h: &Harness, args: Vec<std::ffi::OsString>) -> std::process::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ftps_control_channel_is_relayed_raw() {
+async fn ftps_control_channel_is_read_by_the_front() {
     let Some((h, _certs)) = start_ftps().await else {
         return;
     };
     std::fs::write(h.file("tls.bin"), b"0123456789").expect("write file");
     // `-I`: SIZE and MDTM over the TLS control channel, no data connection.
     let head = |quote: &'static str| curl_ftps(&h, vec!["-I".into(), "-Q".into(), quote.into()]);
-    // Under TLS the front cannot see commands: SITE KEY works, bare KEY reaches libunftp as is.
-    let ok = head("SITE KEY 0x5F2D3A26").await;
-    let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(stdout.contains("Content-Length: 10"), "{stdout}");
-    let bare = head("KEY 0x5F2D3A26").await;
-    assert!(
-        !bare.status.success(),
-        "bare KEY is not rewritten inside TLS"
-    );
+    // Inside TLS the front still reads lines: SITE KEY works, and so does bare KEY.
+    for quote in ["SITE KEY 0x5F2D3A26", "KEY 0x5F2D3A26"] {
+        let ok = head(quote).await;
+        let stdout = String::from_utf8_lossy(&ok.stdout);
+        assert!(
+            ok.status.success(),
+            "{quote}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(stdout.contains("Content-Length: 10"), "{stdout}");
+    }
 }
 
-/// Inside TLS the front cannot rewrite libunftp's `227`/`229`, so the client is sent to
-/// libunftp's own loopback listener, which it cannot reach.
+/// Inside TLS the front still rewrites libunftp's `227`/`229`, so the client is sent to one of
+/// the front's passive ports (not libunftp's loopback listener), and the TLS data connection
+/// is relayed to libunftp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn ftps_uploads_go_through_the_front() {
     let Some((h, certs)) = start_ftps().await else {
         return;
@@ -965,13 +965,17 @@ async fn ftps_uploads_go_through_the_front() {
     let upload = certs.0.join("up.bin");
     let data = test_data(1024 * 1024);
     std::fs::write(&upload, &data).expect("write upload");
-    let ok = curl_ftps(&h, vec!["-T".into(), upload.into_os_string()]).await;
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let ok = curl_ftps(&h, vec!["-v".into(), "-T".into(), upload.into_os_string()]).await;
+    let log = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{log}");
     assert!(std::fs::read(h.file("tls.bin")).expect("file") == data);
+    let port: u16 = log
+        .split("(|||")
+        .nth(1)
+        .and_then(|rest| rest.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .expect("an EPSV reply in curl's log");
+    assert!(h.passive.contains(&port), "{port} is not one of {:?}", h.passive);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn an_over_long_passive_line_passes_unchanged() {
         let mut line = b"227 ".to_vec();
-        line.extend(std::iter::repeat(b'x').take(HOLD_MAX * 2));
+        line.extend(std::iter::repeat_n(b'x', HOLD_MAX * 2));
         line.extend_from_slice(b"\r\n");
         let mut s = ReplyScanner::new();
         let mut out = Vec::new();

@@ -429,7 +429,7 @@ mod tests {
     fn user_names_are_bounded() {
         let mut s = ControlSession::new(true);
         let mut line = b"USER ".to_vec();
-        line.extend(std::iter::repeat(b'a').take(5000));
+        line.extend(std::iter::repeat_n(b'a', 5000));
         line.extend_from_slice(b"\r\n");
         send(&mut s, &line);
         match s.on_line(b"PASS x\r\n") {
