@@ -350,7 +350,9 @@ pub(super) async fn control_connection(
             return;
         }
     };
-    tracing::info!("control connection opened");
+    // libunftp logs this session under the back-end connection's local address: name both.
+    let via = server.local_addr().ok();
+    tracing::info!(client = %peer, ?via, "control connection opened");
 
     let link = Arc::new(Link::new(settings.tls.is_some()));
     let ids = Ids {
@@ -792,7 +794,7 @@ fn on_reply(code: u16, link: &Link, settings: &ControlSettings, peer: SocketAddr
     let verdict = match event {
         ReplyEvent::Nothing => return true,
         ReplyEvent::LoggedIn { user } => {
-            tracing::info!(%user, "login succeeded");
+            tracing::info!(client = %peer, %user, "login succeeded");
             settings.throttle.settle(peer.ip(), &user, Outcome::Success)
         }
         ReplyEvent::LoginVoid { user } => {
@@ -800,7 +802,7 @@ fn on_reply(code: u16, link: &Link, settings: &ControlSettings, peer: SocketAddr
         }
         ReplyEvent::LoginFailed { user } => {
             let verdict = settings.throttle.settle(peer.ip(), &user, Outcome::Failure);
-            tracing::info!(%user, ?verdict, "login failed");
+            tracing::info!(client = %peer, %user, ?verdict, "login failed");
             verdict
         }
     };

@@ -55,7 +55,8 @@
 //!   was handed over is timed by the upload path with the same setting.
 //! * Clients must use IPv4 (IPv4-mapped addresses on a dual-stack listener are fine): `227`
 //!   carries only IPv4.
-//! * Logs carry the real client address in the `client` field of each connection's span.
+//! * Log events of the front name the real client address (`client`); "control connection
+//!   opened" also names the back-end connection (`via`) under which libunftp logs the session.
 
 mod control;
 mod data;
