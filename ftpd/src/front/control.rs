@@ -808,6 +808,7 @@ fn on_reply(code: u16, link: &Link, settings: &ControlSettings, peer: SocketAddr
     };
     if verdict != Verdict::Open {
         tracing::warn!(
+            client = %peer,
             ?verdict,
             "too many failed logins; refusing further attempts"
         );
