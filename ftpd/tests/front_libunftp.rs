@@ -975,7 +975,11 @@ async fn ftps_uploads_go_through_the_front() {
         .and_then(|rest| rest.split('|').next())
         .and_then(|p| p.parse().ok())
         .expect("an EPSV reply in curl's log");
-    assert!(h.passive.contains(&port), "{port} is not one of {:?}", h.passive);
+    assert!(
+        h.passive.contains(&port),
+        "{port} is not one of {:?}",
+        h.passive
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
