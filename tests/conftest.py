@@ -217,6 +217,17 @@ def info(f: ftplib.FTP, path: str = "") -> dict:
     return out
 
 
+def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
+    """The size of `path` once the server has written at least `at_least` bytes to it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        size = path.stat().st_size if path.exists() else 0
+        if size >= at_least:
+            return size
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {at_least} bytes")
+
+
 def wait_for_settled_size(f: ftplib.FTP, path: str, timeout: float = 10) -> int:
     """SIZE once the server has stored what a dropped transfer sent (a box reconnects later
     than a test does)."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import crc32, info, key, pattern
+from conftest import crc32, info, key, pattern, wait_for_disk_size
 
 MiB = 1 << 20
 
@@ -39,16 +39,6 @@ class PacedSender(threading.Thread):
                     time.sleep(ahead)
         except OSError:
             pass
-
-
-def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size >= at_least:
-            return size
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {at_least} bytes")
 
 
 def wait_for_log(srv, text: str, count: int = 1, timeout: float = 10) -> None:

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from conftest import crc32, info, key
+from conftest import crc32, info, key, wait_for_disk_size
 
 MiB = 1 << 20
 
@@ -47,16 +47,6 @@ class PacedUpload(threading.Thread):
         finally:
             self.started.set()
             f.close()
-
-
-def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size >= at_least:
-            return size
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {at_least} bytes")
 
 
 def refused(port: int) -> bool:

@@ -13,20 +13,10 @@ import time
 
 import pytest
 
-from conftest import STB_UPLOAD, USERS, crc32, info, key, pattern
+from conftest import STB_UPLOAD, USERS, crc32, info, key, pattern, wait_for_disk_size
 
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size >= at_least:
-            return size
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {at_least} bytes")
 
 
 def declared_upload(f: ftplib.FTP, name: str, data: bytes) -> None:

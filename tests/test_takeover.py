@@ -11,19 +11,9 @@ import time
 
 import pytest
 
-from conftest import crc32, info, key
+from conftest import crc32, info, key, wait_for_disk_size
 
 MiB = 1 << 20
-
-
-def wait_for_disk_size(path, at_least: int, timeout: float = 20) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size >= at_least:
-            return size
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {at_least} bytes")
 
 
 def test_a_reconnected_session_takes_over_a_stalled_upload(ftpd_factory):
