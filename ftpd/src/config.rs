@@ -112,6 +112,34 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The upload path's tunables.
+    pub fn upload_config(&self) -> crate::context::UploadConfig {
+        crate::context::UploadConfig {
+            buffer: self.upload_buffer,
+            buffer_max: self.upload_buffer_max,
+            checkpoint: self.checkpoint,
+            fsync: self.fsync,
+            takeover_wait: self.takeover_wait,
+            direct_io: self.direct_io,
+            data_idle_timeout: self.data_idle_timeout,
+        }
+    }
+
+    /// The front's settings, for libunftp listening on `backend`.
+    pub fn front_config(&self, backend: SocketAddr) -> crate::front::FrontConfig {
+        let mut cfg = crate::front::FrontConfig::new(self.listen, self.passive_ports.clone(), backend);
+        cfg.passive_host = self.passive_host;
+        cfg.login_failures = self.failed_logins_max;
+        cfg.login_failures_per_address = self.failed_logins_per_address;
+        cfg.login_window = self.failed_logins_window;
+        cfg.max_connections = self.max_connections;
+        cfg.max_connections_per_address = self.max_connections_per_address;
+        cfg.login_timeout = self.login_timeout;
+        cfg.data_idle = self.data_idle_timeout;
+        cfg.keepalive = self.keepalive;
+        cfg
+    }
+
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())

@@ -4,18 +4,20 @@
 //! path ([`upload`]); [`store`] keeps one checksum [`record`] per file; [`site_key`] answers
 //! `SITE KEY`. See `docs/` for the protocol as built, configuration and operations.
 
+pub mod backend;
 pub mod config;
+pub mod context;
+pub mod drain;
 pub mod front;
+pub mod ftp_error;
 pub mod handoff;
+pub mod key_session;
 pub mod logging;
 pub mod paths;
-pub mod record;
-pub mod recovery;
+pub mod records;
 pub mod server;
 pub mod site_hash;
 pub mod site_key;
-pub mod storage;
-pub mod store;
 pub mod upload;
 pub mod users;
 pub mod writers;

@@ -5,11 +5,11 @@ use crate::config::Settings;
 use crate::handoff::Handoff;
 use crate::site_hash::SiteHash;
 use crate::site_key::SiteKey;
-use crate::storage::KeyStorage;
-use crate::store::{RecordStore, RedbStore, StoreError};
-use crate::upload::{Shared, UploadConfig};
+use crate::backend::KeyStorage;
+use crate::records::{RecordStore, RedbStore, StoreError};
+use crate::context::Services;
+use crate::drain::ReplyWatcher;
 use crate::users::{self, HomeProvider, UsersAuthenticator, UsersError, UsersFile};
-use crate::writers::Writers;
 use libunftp::options::{FailedLoginsBlock, FailedLoginsPolicy, Shutdown};
 use libunftp::ServerBuilder;
 use std::num::NonZeroU32;
@@ -83,7 +83,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&s.state_dir, s.fsync)?);
     let report = {
         let (store, root) = (store.clone(), s.root.clone());
-        tokio::task::spawn_blocking(move || crate::recovery::recover(store.as_ref(), &root))
+        tokio::task::spawn_blocking(move || crate::records::recovery::recover(store.as_ref(), &root))
             .await
             .map_err(|e| StoreError::from(redb::Error::Io(std::io::Error::other(e))))??
     };
@@ -94,20 +94,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         );
     }
 
-    let shared = Arc::new(Shared {
+    let services = Arc::new(Services::new(
         store,
-        writers: Arc::new(Writers::default()),
-        upload: UploadConfig {
-            buffer: s.upload_buffer,
-            buffer_max: s.upload_buffer_max,
-            checkpoint: s.checkpoint,
-            fsync: s.fsync,
-            takeover_wait: s.takeover_wait,
-            direct_io: s.direct_io,
-            data_idle_timeout: s.data_idle_timeout,
-        },
-        handoff: s.front.then(|| Arc::new(Handoff::default())),
-    });
+        s.upload_config(),
+        s.front.then(|| Arc::new(Handoff::default())),
+    ));
     let authenticator = Arc::new(UsersAuthenticator::new(
         s.users_file.clone(),
         s.anonymous,
@@ -115,7 +106,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     )?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
 
-    let generator_shared = shared.clone();
+    let generator_shared = services.clone();
     let mut builder = ServerBuilder::with_user_detail_provider(
         Box::new(move || KeyStorage::new(generator_shared.clone())),
         Arc::new(HomeProvider {
@@ -129,6 +120,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     .logger(crate::logging::slog_logger())
     .site_command("KEY", SiteKey)
     .site_command("HASH", SiteHash::default())
+    .notify_data(ReplyWatcher(services.replies.clone()))
     .shutdown_indicator(async move {
         let _ = stop_rx.await;
         Shutdown::new().grace_period(Duration::from_secs(2))
@@ -139,17 +131,8 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     // client as the loopback address, so its own policy would let one attacker lock everyone out).
     let front = if s.front {
         let backend = reserve_loopback(s.internal_listen)?;
-        let mut cfg = crate::front::FrontConfig::new(s.listen, s.passive_ports.clone(), backend);
-        cfg.passive_host = s.passive_host;
-        cfg.login_failures = s.failed_logins_max;
-        cfg.login_failures_per_address = s.failed_logins_per_address;
-        cfg.login_window = s.failed_logins_window;
-        cfg.max_connections = s.max_connections;
-        cfg.max_connections_per_address = s.max_connections_per_address;
-        cfg.login_timeout = s.login_timeout;
-        cfg.data_idle = s.data_idle_timeout;
-        cfg.keepalive = s.keepalive;
-        cfg.handoff = shared.handoff.clone();
+        let mut cfg = s.front_config(backend);
+        cfg.handoff = services.handoff.clone();
         if let Some((cert, key)) = &s.ftps {
             cfg.tls = Some(
                 crate::front::tls::server_config(cert, key)
@@ -222,30 +205,27 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
 
     // Drain: the front (when on) accepts no new connections from here; running uploads get
     // the grace period to finish, then the rest are asked to stop and record what they stored.
-    tracing::info!(uploads = shared.writers.active(), grace = ?s.shutdown_grace, "shutting down");
-    let deadline = tokio::time::Instant::now() + s.shutdown_grace;
-    let mut drained = false;
-    while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
-        drained = true;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Sessions close only once the uploads' final replies went out.
+    tracing::info!(uploads = services.writers.active(), grace = ?s.shutdown_grace, "shutting down");
+    if tokio::time::timeout(s.shutdown_grace, services.writers.drained())
+        .await
+        .is_err()
+    {
+        services.writers.stop_all();
+        let _ = tokio::time::timeout(STOP_WAIT, services.writers.drained()).await;
     }
-    shared.writers.stop_all();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while shared.writers.active() > 0 && tokio::time::Instant::now() < deadline {
-        drained = true;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if drained {
-        // An upload lets go of its file just before its session sends the final reply;
-        // closing the sessions at that instant would lose the 226 of an upload that finished
-        // in time. Give the replies a moment to go out.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    services
+        .replies
+        .settled(tokio::time::Instant::now() + STOP_WAIT)
+        .await;
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
-    tracing::info!(left = shared.writers.active(), "ftpd stopped");
+    tracing::info!(left = services.writers.active(), "ftpd stopped");
     Ok(())
 }
+
+/// How long uploads told to stop get to record what they stored, and their replies to go out.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A free port on the loopback address `addr` (port 0: any), for libunftp behind the front.
 fn reserve_loopback(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, ServeError> {

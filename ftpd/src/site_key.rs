@@ -2,7 +2,9 @@
 //! into this). Replies follow the protocol: `230` for a declaration, exactly `230 0x...` for a
 //! query, a `213` multi-line reply for INFO, `501` for bad arguments.
 
-use crate::storage::{KeyError, KeyOutcome, KeyStorage};
+use crate::backend::KeyStorage;
+use crate::ftp_error::{key_error, key_syntax_error};
+use crate::key_session::{KeyError, KeyOutcome};
 use crate::users::FtpUser;
 use async_trait::async_trait;
 use crc_tools::KeyCommand;
@@ -12,7 +14,7 @@ use libunftp::options::{Reply, ReplyCode, SiteCommandContext, SiteCommandHandler
 #[derive(Debug, Default)]
 pub struct SiteKey;
 
-/// Formats what the storage answered as the FTP reply.
+/// Formats what the KEY session answered as the FTP reply (errors: [`key_error`]).
 pub fn reply(result: Result<KeyOutcome, KeyError>) -> Reply {
     match result {
         Ok(KeyOutcome::Declared { crc, path: None }) => Reply::new_with_string(
@@ -31,20 +33,7 @@ pub fn reply(result: Result<KeyOutcome, KeyError>) -> Reply {
             all.push("End".to_string());
             Reply::new_multiline(ReplyCode::FileStatus, all)
         }
-        Err(e @ (KeyError::Path(_) | KeyError::NoCurrentFile | KeyError::TooManyDeclarations)) => {
-            Reply::new_with_string(ReplyCode::ParameterSyntaxError, format!("KEY: {e}"))
-        }
-        Err(e @ (KeyError::NotFound(_) | KeyError::NotAFile(_))) => {
-            Reply::new_with_string(ReplyCode::FileError, format!("KEY: {e}"))
-        }
-        Err(KeyError::NotLoggedIn) => Reply::new(
-            ReplyCode::NotLoggedIn,
-            "Please log in with USER and PASS first",
-        ),
-        Err(e @ (KeyError::Store(_) | KeyError::Io(_))) => {
-            tracing::error!(error = %e, "KEY failed");
-            Reply::new(ReplyCode::LocalError, "KEY: local error, try again later")
-        }
+        Err(e) => key_error(e),
     }
 }
 
@@ -55,7 +44,7 @@ impl SiteCommandHandler<KeyStorage, FtpUser> for SiteKey {
             return reply(Err(KeyError::NotLoggedIn));
         };
         match KeyCommand::parse(&ctx.arguments) {
-            Err(e) => Reply::new_with_string(ReplyCode::ParameterSyntaxError, format!("KEY: {e}")),
+            Err(e) => key_syntax_error(e),
             Ok(cmd) => reply(ctx.storage.key_command(user, cmd).await),
         }
     }

@@ -32,9 +32,19 @@ struct Entry {
 }
 
 /// The registry of files being written.
-#[derive(Default)]
 pub struct Writers {
     inner: Mutex<Inner>,
+    /// How many files are being written, published so shutdown can wait for none.
+    count: watch::Sender<usize>,
+}
+
+impl Default for Writers {
+    fn default() -> Self {
+        Writers {
+            inner: Mutex::default(),
+            count: watch::Sender::new(0),
+        }
+    }
 }
 
 /// A path held by a rename, with everything below it.
@@ -139,6 +149,7 @@ impl Writers {
                             progress: progress.clone(),
                         },
                     );
+                    self.count.send_replace(inner.files.len());
                     return Ok(WriteLock {
                         writers: self.clone(),
                         key,
@@ -238,6 +249,13 @@ impl Writers {
         self.lock().files.len()
     }
 
+    /// Returns once no file is being written.
+    pub async fn drained(&self) {
+        let mut count = self.count.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -304,6 +322,7 @@ impl Drop for WriteLock {
         let mut inner = self.writers.lock();
         if inner.files.get(&self.key).is_some_and(|e| e.id == self.id) {
             inner.files.remove(&self.key);
+            self.writers.count.send_replace(inner.files.len());
         }
     }
 }
@@ -337,6 +356,26 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(5);
     const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn drained_returns_once_the_last_writer_lets_go() {
+        let w = Arc::new(Writers::default());
+        w.drained().await;
+        let a = w.acquire(key("/a"), SHORT).await.expect("a");
+        let b = w.acquire(key("/b"), SHORT).await.expect("b");
+        let waiter = tokio::spawn({
+            let w = w.clone();
+            async move { w.drained().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one writer is still running");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("drained after the last writer")
+            .expect("join");
+    }
 
     #[test]
     fn covers_means_the_path_or_below_it() {

@@ -4,10 +4,9 @@
 
 use ftpd::front::{Front, FrontConfig, FrontError};
 use ftpd::handoff::Handoff;
-use ftpd::store::{RecordStore, RedbStore};
-use ftpd::upload::{Shared, UploadConfig};
+use ftpd::records::{RecordStore, RedbStore};
+use ftpd::context::{Services, UploadConfig};
 use ftpd::users::HomeProvider;
-use ftpd::writers::Writers;
 use libunftp::options::{Reply, ReplyCode, SiteCommandContext, SiteCommandHandler};
 use libunftp::ServerBuilder;
 use std::collections::hash_map::RandomState;
@@ -223,10 +222,9 @@ async fn start_ftpd_storage(tune: impl Fn(&mut FrontConfig)) -> Harness {
     }
     let handoff = Arc::new(Handoff::default());
     let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&state, false).expect("store"));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Services::new(
         store,
-        writers: Arc::new(Writers::default()),
-        upload: UploadConfig {
+        UploadConfig {
             buffer: 64 * 1024,
             buffer_max: 1024 * 1024,
             checkpoint: 16 << 20,
@@ -235,11 +233,11 @@ async fn start_ftpd_storage(tune: impl Fn(&mut FrontConfig)) -> Harness {
             direct_io: false,
             data_idle_timeout: Duration::from_secs(60),
         },
-        handoff: Some(handoff.clone()),
-    });
+        Some(handoff.clone()),
+    ));
     let (front, backend) = bind_front(IpAddr::V4(Ipv4Addr::LOCALHOST), Some(handoff), tune).await;
     let server = ServerBuilder::with_user_detail_provider(
-        Box::new(move || ftpd::storage::KeyStorage::new(shared.clone())),
+        Box::new(move || ftpd::backend::KeyStorage::new(shared.clone())),
         Arc::new(HomeProvider { root: root.clone() }),
     )
     .authenticator(Arc::new(TestAuth))
@@ -855,7 +853,7 @@ async fn python_ftplib_works_through_the_front() {
         return;
     }
     let h = start_default().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ftplib_client.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/ftplib_client.py");
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .arg(h.front.ip().to_string())

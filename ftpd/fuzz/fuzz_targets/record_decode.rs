@@ -7,7 +7,7 @@
 //! (`updated_rfc3339`) can be formatted.
 #![no_main]
 
-use ftpd::record::{Record, ENCODED_LEN};
+use ftpd::records::record::{Record, ENCODED_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,7 @@
 //! record again describes exactly the bytes in the file.
 
 use crate::paths;
-use crate::record::{FileId, Record};
-use crate::store::{RecordStore, StoreError};
+use crate::records::{FileId, Record, RecordStore, StoreError};
 use crate::upload::{crc_of_prefix, crc_of_range};
 use crc_tools::{combine, State};
 use std::io;
@@ -91,7 +90,7 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RedbStore;
+    use crate::records::store::RedbStore;
     use crc_tools::crc32;
 
     #[test]

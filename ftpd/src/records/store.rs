@@ -4,7 +4,7 @@
 //! embedded default is [`RedbStore`], a single file in the state directory (redb commits are
 //! crash-safe and fsynced). Records live outside every user's root, so FTP cannot see them.
 
-use crate::record::Record;
+use crate::records::record::Record;
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 use std::io;
