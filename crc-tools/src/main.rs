@@ -1,7 +1,8 @@
 //! `crc-tools`: CRC-32 of files as the KEY protocol writes it.
 
 use clap::{Parser, Subcommand};
-use crc_tools::{Crc32, KeyValue};
+use crc_tools::range::crc_of_reader;
+use crc_tools::{KeyValue, Span};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -54,23 +55,12 @@ impl std::fmt::Display for CliError {
     }
 }
 
-/// Feeds at most `limit` bytes of `reader` into a CRC, 1 MiB at a time.
-fn crc_of(mut reader: impl Read, limit: u64) -> io::Result<Crc32> {
-    let mut crc = Crc32::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = limit;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = match reader.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        crc.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(crc)
+/// Bytes per read: large reads keep a big file's sum bound by the disk, not by system calls.
+const BUF_LEN: usize = 1 << 20;
+
+/// The first `max` bytes of `reader` (all of it for `None`), through the library's one loop.
+fn crc_of(reader: impl Read, max: Option<u64>) -> io::Result<Span> {
+    crc_of_reader(reader, max, &mut vec![0u8; BUF_LEN])
 }
 
 fn open(path: &PathBuf) -> Result<Box<dyn Read>, CliError> {
@@ -85,22 +75,22 @@ fn open(path: &PathBuf) -> Result<Box<dyn Read>, CliError> {
 
 fn sum(path: &PathBuf) -> Result<u32, CliError> {
     let reader = open(path)?;
-    crc_of(reader, u64::MAX)
-        .map(|c| c.value())
+    crc_of(reader, None)
+        .map(|s| s.crc)
         .map_err(|e| CliError::Read(path.clone(), e))
 }
 
 fn prefix(path: &PathBuf, n: u64) -> Result<u32, CliError> {
     let reader = open(path)?;
-    let crc = crc_of(reader, n).map_err(|e| CliError::Read(path.clone(), e))?;
-    if crc.len() < n {
+    let span = crc_of(reader, Some(n)).map_err(|e| CliError::Read(path.clone(), e))?;
+    if span.len < n {
         return Err(CliError::ShortFile {
             file: path.clone(),
             wanted: n,
-            has: crc.len(),
+            has: span.len,
         });
     }
-    Ok(crc.value())
+    Ok(span.crc)
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,6 @@
 use crate::decision::{LocalFile, Prefix};
 use core::convert::Infallible;
 use core::fmt;
-use crc_tools::{combine, Crc32};
 
 /// A file that can be read at any offset (`pread`), so retries need no seeking state.
 pub trait ReadAt {
@@ -76,27 +75,12 @@ impl<T: ReadAt + ?Sized> ReadAt for &mut T {
     }
 }
 
-/// Length and CRC of a run of bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Span {
-    /// Bytes covered.
-    pub len: u64,
-    /// Their CRC-32.
-    pub crc: u32,
-}
-
-impl Span {
-    /// This run followed by `next`: CRCs join without reading either run again.
-    pub fn then(self, next: Span) -> Span {
-        Span {
-            len: self.len + next.len,
-            crc: combine(self.crc, next.crc, next.len),
-        }
-    }
-}
+// crc-tools owns the span so that every reader of file ranges (server, CLI, box) shares it.
+pub use crc_tools::range::Span;
 
 /// [`ReadAt::crc_span`] in one pass, in order: the whole of `buf` per read, nothing else.
-/// An empty `buf` reads nothing.
+/// An empty `buf` reads nothing. The loop is crc-tools' [`crc_span`](crc_tools::range::crc_span),
+/// shared with the server and the `crc-tools` CLI.
 pub fn crc_span_sequential<R: ReadAt + ?Sized>(
     file: &mut R,
     start: u64,
@@ -104,26 +88,13 @@ pub fn crc_span_sequential<R: ReadAt + ?Sized>(
     buf: &mut [u8],
     progress: &mut dyn FnMut(u64),
 ) -> Result<Span, R::Error> {
-    let mut crc = Crc32::new();
-    loop {
-        let want = match max {
-            Some(m) => clamp(buf.len(), m - crc.len()),
-            None => buf.len(),
-        };
-        if want == 0 {
-            break;
-        }
-        let n = file.read_at(start + crc.len(), &mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n.min(want)]);
-        progress(crc.len());
-    }
-    Ok(Span {
-        len: crc.len(),
-        crc: crc.value(),
-    })
+    crc_tools::range::crc_span(
+        |at, chunk| file.read_at(at, chunk),
+        start,
+        max,
+        buf,
+        progress,
+    )
 }
 
 /// Bytes in memory seen as a file.

@@ -4,6 +4,7 @@
 use crate::driver::{Network, Sleep};
 use crate::local::{crc_span_sequential, ReadAt, Span};
 use crate::pasv::PasvAddr;
+use crc_tools::range::read_file_at;
 use embedded_io_adapters::std::FromStd;
 use std::fs::File;
 use std::io;
@@ -171,25 +172,6 @@ impl StdFile {
     }
 }
 
-/// A shared file handle read with `pread`: what each digest thread reads through.
-#[cfg(unix)]
-struct Positioned<'f>(&'f File);
-
-#[cfg(unix)]
-impl ReadAt for Positioned<'_> {
-    type Error = io::Error;
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        loop {
-            match self.0.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-}
-
 /// Reads exactly `[start, end)` through `buf`, adding each read's length to `done`.
 #[cfg(unix)]
 fn crc_part(
@@ -202,12 +184,12 @@ fn crc_part(
 ) -> io::Result<Span> {
     use std::sync::atomic::Ordering;
     let mut counted = 0;
-    let span = crc_span_sequential(
-        &mut Positioned(file),
+    let span = crc_tools::range::crc_span(
+        |at, chunk| read_file_at(file, at, chunk),
         start,
         Some(end - start),
         buf,
-        &mut |n| {
+        |n| {
             let total = done.fetch_add(n - counted, Ordering::Relaxed) + (n - counted);
             counted = n;
             if let Some(p) = progress.as_mut() {
@@ -227,16 +209,8 @@ fn crc_part(
 impl ReadAt for StdFile {
     type Error = io::Error;
 
-    #[cfg(unix)]
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        Positioned(&self.file).read_at(offset, buf)
-    }
-
-    #[cfg(not(unix))]
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::{Read, Seek, SeekFrom};
-        self.file.seek(SeekFrom::Start(offset))?;
-        self.file.read(buf)
+        read_file_at(&self.file, offset, buf)
     }
 
     #[cfg(unix)]
