@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import FTPD, Ftpd, crc32, key, pattern
+from conftest import Ftpd
+from helpers import FTPD, crc32, key, pattern
 
 CRC_TOOLS = FTPD.parent / "crc-tools"
 

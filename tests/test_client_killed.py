@@ -2,37 +2,14 @@
 server keeps the declared KEY and the bytes it stored, and the resumed file is byte-identical
 and verified."""
 
-import ftplib
 import io
 import random
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
-from conftest import USERS, crc32, info, key
-
-MiB = 1 << 20
-
-
-def wait_for_disk_size(path, at_least: int, proc: subprocess.Popen, timeout: float = 20) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size >= at_least:
-            return size
-        assert proc.poll() is None, f"client ended early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {at_least} bytes")
-
-
-def wait_for_log(srv, text: str, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while text not in srv.log():
-        assert time.time() < deadline, f"{text!r} not logged:\n{srv.log()}"
-        time.sleep(0.05)
+from helpers import USERS, MiB, crc32, final_reply, info, key, kill_once_stored, rst_close, start_upload, wait_for_log
 
 
 def test_curl_killed_mid_upload_then_resumed_with_curl(ftpd, tmp_path):
@@ -47,9 +24,7 @@ def test_curl_killed_mid_upload_then_resumed_with_curl(ftpd, tmp_path):
         stderr=subprocess.PIPE,
     )
     time.sleep(1)
-    wait_for_disk_size(remote, MiB, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    kill_once_stored(first, remote, MiB)
     wait_for_log(ftpd, "path=/rec.ts")  # the server has seen the end and recorded it
 
     stored = remote.read_bytes()
@@ -107,9 +82,7 @@ def test_python_client_killed_mid_upload_then_resumed_with_rest_and_stor(ftpd, t
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_disk_size(remote, 2 * MiB, client)
-    client.kill()
-    client.wait(10)
+    kill_once_stored(client, remote, 2 * MiB)
     wait_for_log(ftpd, "path=/rec.ts")
 
     # The box comes back: same name exists -> its KEY is ours -> its bytes are our prefix -> resume.
@@ -142,15 +115,10 @@ def test_data_connection_reset_right_after_it_opened_still_gets_a_reply(ftpd):
             assert f.sendcmd("KEY NULL") == f"230 {crc}"
         else:
             f.sendcmd(f"KEY {crc}")
-        f.voidcmd("TYPE I")
-        conn = f.transfercmd("STOR rec.ts", rest=size or None)
+        conn = start_upload(f, "rec.ts", rest=size or None)
         conn.sendall(data[size : size + 1])
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.close()
-        try:
-            resp = f.voidresp()
-        except (ftplib.error_temp, ftplib.error_perm) as e:
-            resp = str(e)
+        rst_close(conn)
+        resp = final_reply(f)
         assert resp[:1] in "45", f"attempt {i}: {resp}"
         f.close()
     f = ftpd.ftp()

@@ -2,50 +2,24 @@
 upload the record describes exactly the bytes in the file, so the upload can be resumed."""
 
 import io
-import random
 import re
 import threading
-import time
 
 import pytest
 
-from conftest import crc32, info, key, pattern, wait_for_disk_size
-
-MiB = 1 << 20
-
-
-def data_of(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+from helpers import MiB, crc32, data_of, info, key, pattern, send_paced, start_upload, wait_for_disk_size, wait_for_log
 
 
 class PacedSender(threading.Thread):
     """Sends `data` over a data connection at about `rate` bytes/s until done, stopped or cut."""
 
-    def __init__(self, conn, data: bytes, rate: float, chunk: int = 64 << 10):
+    def __init__(self, conn, data: bytes, rate: float):
         super().__init__(daemon=True)
-        self.conn, self.data, self.rate, self.chunk = conn, data, rate, chunk
-        self.sent = 0
+        self.conn, self.data, self.rate = conn, data, rate
         self.halt = threading.Event()
 
     def run(self) -> None:
-        t0 = time.monotonic()
-        try:
-            while self.sent < len(self.data) and not self.halt.is_set():
-                piece = self.data[self.sent : self.sent + self.chunk]
-                self.conn.sendall(piece)
-                self.sent += len(piece)
-                ahead = self.sent / self.rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
-        except OSError:
-            pass
-
-
-def wait_for_log(srv, text: str, count: int = 1, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while srv.log().count(text) < count:
-        assert time.time() < deadline, f"{text!r} not logged:\n{srv.log()}"
-        time.sleep(0.05)
+        send_paced(self.conn, self.data, self.rate, halt=self.halt)
 
 
 def snapshot(srv, names):
@@ -68,9 +42,7 @@ def test_records_survive_sigterm_and_sigkill_restarts(ftpd):
     f.quit()
     # A declared upload whose link dropped: its KEY must survive with the partial bytes.
     g = ftpd.ftp()
-    g.sendcmd(f"SITE KEY {key(crc32(partial))}")
-    g.voidcmd("TYPE I")
-    conn = g.transfercmd("STOR partial.ts")
+    conn = start_upload(g, "partial.ts", crc32(partial))
     conn.sendall(partial[:cut])
     conn.close()
     g.sock.close()
@@ -117,9 +89,7 @@ def test_sigkill_mid_transfer_leaves_a_record_of_exactly_the_bytes_on_disk(ftpd_
     path = srv.file("alice", "big.ts")
 
     f = srv.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("STOR big.ts")
+    conn = start_upload(f, "big.ts", crc32(data))
     if when == "while-sending":
         sender = PacedSender(conn, data, rate=8 * MiB)
         sender.start()

@@ -10,11 +10,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import USERS, crc32, key, pattern
+from helpers import USERS, crc32, free_port, key, pattern, raw_control
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -89,7 +88,7 @@ SEED_DIALOGUE = """
 
 def test_seed_dialogue_with_bare_key_from_another_host(ftpd_factory, remote_host):
     ns, host_ip, box_ip = remote_host
-    srv = ftpd_factory(front="true", listen=f"{host_ip}:0".replace(":0", f":{_free(host_ip)}"))
+    srv = ftpd_factory(front="true", listen=f"{host_ip}:0".replace(":0", f":{free_port(host_ip)}"))
     size, cut = 3 << 20, 1_000_000
     args = f'"{host_ip}", "{srv.port}", "alice", "{USERS["alice"]}", "{size}", "{cut}"'
     r = in_box(ns, SEED_DIALOGUE.format(args=args))
@@ -104,15 +103,9 @@ def test_seed_dialogue_with_bare_key_from_another_host(ftpd_factory, remote_host
     assert box_ip in srv.log()
 
 
-def _free(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
 def test_standard_clients_from_another_host_through_the_front(ftpd_factory, remote_host, tmp_path):
     ns, host_ip, _ = remote_host
-    srv = ftpd_factory(front="true", listen=f"{host_ip}:{_free(host_ip)}")
+    srv = ftpd_factory(front="true", listen=f"{host_ip}:{free_port(host_ip)}")
     src = tmp_path / "src.bin"
     data = pattern(2 << 20, seed=7)
     src.write_bytes(data)
@@ -145,7 +138,7 @@ def test_standard_clients_from_another_host_through_the_front(ftpd_factory, remo
 
 def test_failed_logins_throttle_the_real_address_not_everyone(ftpd_factory, remote_host):
     ns, host_ip, _ = remote_host
-    srv = ftpd_factory(front="true", listen=f"0.0.0.0:{_free('0.0.0.0')}", failed_logins_max="3")
+    srv = ftpd_factory(front="true", listen=f"0.0.0.0:{free_port('0.0.0.0')}", failed_logins_max="3")
     script = f"""
         import ftplib
         codes = []
@@ -181,9 +174,8 @@ def test_failed_logins_throttle_the_real_address_not_everyone(ftpd_factory, remo
 
 def test_a_proxy_header_from_a_client_is_just_a_bad_command(ftpd_factory):
     srv = ftpd_factory(front="true")
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        f = s.makefile("rb")
-        assert f.readline().startswith(b"220")
+    s, f = raw_control("127.0.0.1", srv.port)
+    with s:
         s.sendall(b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 21\r\n")
         reply = f.readline()
         assert reply[:1] == b"5", reply

@@ -8,14 +8,13 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FTPD, Ftpd, crc32, key, pattern
+from conftest import Ftpd
+from helpers import FTPD, crc32, key, pattern, wait_listening
 
 SYSCALLS = "fdatasync,fsync,write,writev,pwrite64,sendto,sendmsg"
 CALL = re.compile(r"^(\d+)\s+(?:(\w+)\((.*)|<\.\.\. (\w+) resumed>(.*))$")
@@ -45,18 +44,7 @@ class TracedFtpd(Ftpd):
         out = open(self.out_path, "ab")
         cmd = ["strace", "-f", "-qq", "-yy", "-s", "48", "-e", f"trace={SYSCALLS}", "-o", str(self.trace)]
         self.proc = subprocess.Popen([*cmd, str(FTPD), "serve"], env=self.env, stdout=out, stderr=log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"strace/ftpd exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
-                    s.recv(100)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("ftpd did not start listening under strace:\n" + self.log())
+        wait_listening(self.host, self.port, self.proc, "ftpd under strace", timeout=30, log=self.log)
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         assert len(children) == 1, children
         self.pid = int(children[0])

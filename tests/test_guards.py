@@ -1,48 +1,11 @@
 """Verified completion, the mismatch reply, and the resume guards (REST / APPE)."""
 
 import ftplib
-import io
 import socket
 
 import pytest
 
-from conftest import crc32, info, key, pattern
-
-
-def stor(f: ftplib.FTP, name: str, data: bytes, rest: int | None = None) -> str:
-    return f.storbinary(f"STOR {name}", io.BytesIO(data), rest=rest)
-
-
-def appe(f: ftplib.FTP, name: str, data: bytes) -> str:
-    return f.storbinary(f"APPE {name}", io.BytesIO(data))
-
-
-def refused(f: ftplib.FTP, cmd: str, data: bytes, rest: int | None = None) -> str:
-    """Runs a transfer the server is expected to refuse; returns its final reply. The refusal
-    may come before or after the data connection opens (then sending may hit a closed socket)."""
-    f.voidcmd("TYPE I")
-    try:
-        conn = f.transfercmd(cmd, rest)
-    except ftplib.Error as e:
-        return str(e)
-    try:
-        conn.sendall(data)
-    except OSError:
-        pass
-    conn.close()
-    try:
-        return f.voidresp()
-    except ftplib.Error as e:
-        return str(e)
-
-
-def upload(srv, name: str, data: bytes, declare: bool = True) -> None:
-    """A complete upload on its own connection."""
-    f = srv.ftp()
-    if declare:
-        f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    assert stor(f, name, data).startswith("226")
-    f.quit()
+from helpers import appe, crc32, info, key, pattern, refused, retr, start_upload, stor, upload
 
 
 def test_matching_upload_is_verified_and_logged(ftpd):
@@ -107,9 +70,7 @@ def test_truncated_upload_with_a_cleanly_closed_data_connection_fails_then_resum
     data = pattern(2_500_000, seed=25)
     cut = 1_000_003
     f = ftpd.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("STOR t.ts")
+    conn = start_upload(f, "t.ts", crc32(data))
     conn.sendall(data[:cut])
     conn.shutdown(socket.SHUT_WR)  # a clean FIN: to plain FTP this is a complete upload
     conn.close()
@@ -153,10 +114,7 @@ def test_rest_beyond_the_end_is_refused_and_leaves_no_hole(ftpd):
     before = info(ftpd.ftp(), "h.ts")
     for declare in (False, True):
         g = ftpd.ftp()
-        if declare:
-            g.sendcmd(f"SITE KEY {key(crc32(data))}")
-        reply = refused(g, "STOR h.ts", b"tail" * 100, rest=len(data) + 1000)
-        assert reply.startswith("5"), reply
+        refused(g, "STOR h.ts", b"tail" * 100, rest=len(data) + 1000, declared=crc32(data) if declare else None)
         g.close()
         assert ftpd.file("alice", "h.ts").read_bytes() == data
         after = info(ftpd.ftp(), "h.ts")
@@ -169,8 +127,7 @@ def test_rest_beyond_the_end_is_refused_and_leaves_no_hole(ftpd):
 
 def test_rest_onto_a_missing_file_is_refused_and_creates_nothing(ftpd):
     f = ftpd.ftp()
-    reply = refused(f, "STOR none.ts", b"x" * 10, rest=500)
-    assert reply.startswith("5"), reply
+    refused(f, "STOR none.ts", b"x" * 10, rest=500)
     f.close()
     assert not ftpd.file("alice", "none.ts").exists()
     g = ftpd.ftp()
@@ -183,9 +140,7 @@ def test_rest_and_stor_with_a_different_key_is_refused(ftpd):
     other = pattern(900_000, seed=29)
     upload(ftpd, "k.ts", old)
     g = ftpd.ftp()
-    g.sendcmd(f"SITE KEY {key(crc32(other))}")
-    reply = refused(g, "STOR k.ts", other[300_000:], rest=300_000)
-    assert reply.startswith("5"), reply
+    refused(g, "STOR k.ts", other[300_000:], rest=300_000, declared=crc32(other))
     assert ftpd.file("alice", "k.ts").read_bytes() == old
     h = ftpd.ftp()
     assert h.sendcmd("SITE KEY NULL k.ts") == f"230 {key(crc32(old))}"
@@ -199,8 +154,7 @@ def test_rest_with_a_different_key_declared_for_the_path_is_refused(ftpd):
     upload(ftpd, "dir k.ts", old)
     g = ftpd.ftp()
     g.sendcmd("SITE KEY 0xDEADBEEF dir k.ts")
-    reply = refused(g, "STOR dir k.ts", b"y" * 1000, rest=100_000)
-    assert reply.startswith("5"), reply
+    refused(g, "STOR dir k.ts", b"y" * 1000, rest=100_000)
     assert ftpd.file("alice", "dir k.ts").read_bytes() == old
 
 
@@ -213,9 +167,7 @@ def test_appe_with_a_different_key_is_refused(ftpd):
         stor(f, "a.ts", data[:250_000])  # a partial: bytes kept, declared data's KEY
     f.quit()
     g = ftpd.ftp()
-    g.sendcmd(f"SITE KEY {key(crc32(other))}")
-    reply = refused(g, "APPE a.ts", other[250_000:])
-    assert reply.startswith("5"), reply
+    refused(g, "APPE a.ts", other[250_000:], declared=crc32(other))
     assert ftpd.file("alice", "a.ts").read_bytes() == data[:250_000]
     g.quit()
     # the right KEY may append
@@ -286,9 +238,7 @@ def test_plain_clients_without_key_can_rest_and_appe(ftpd):
     # APPE creates a missing file; RETR with REST reads from the offset
     assert appe(f, "new.ts", b"fresh").startswith("226")
     assert ftpd.file("alice", "new.ts").read_bytes() == b"fresh"
-    got = bytearray()
-    f.retrbinary("RETR p.ts", got.extend, rest=999_000)
-    assert bytes(got) == data[999_000:]
+    assert retr(f, "p.ts", rest=999_000) == data[999_000:]
     # a file placed on disk behind the server's back can be resumed too
     ftpd.file("alice", "disk.ts").write_bytes(data[:5000])
     assert stor(f, "disk.ts", data[5000:], rest=5000).startswith("226")

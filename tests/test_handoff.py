@@ -5,27 +5,16 @@ the front) goes the ordinary way, and no file content is ever mistaken for the h
 from __future__ import annotations
 
 import ftplib
-import io
 import os
 import subprocess
 
 import pytest
 
-from conftest import crc32, key, pattern
+from helpers import pattern, retr, upload
 
 DIRECT = "upload reads the client's data connection directly"
 # The hand-over's marker (ftpd/src/handoff.rs); a file may well start with it.
 MARKER = b"\0ftpd>\x01\0"
-
-
-def upload(srv, name: str, data: bytes, declare: bool = True) -> str:
-    f = srv.ftp()
-    try:
-        if declare:
-            assert f.sendcmd(f"SITE KEY {key(crc32(data))}").startswith("230")
-        return f.storbinary(f"STOR {name}", io.BytesIO(data))
-    finally:
-        f.quit()
 
 
 def test_plain_upload_is_read_from_the_client_connection(ftpd_factory):
@@ -85,9 +74,7 @@ def test_downloads_and_listings_are_relayed(ftpd_factory):
     upload(srv, "down.bin", data)
     f = srv.ftp()
     try:
-        got = io.BytesIO()
-        assert f.retrbinary("RETR down.bin", got.write).startswith("226")
-        assert got.getvalue() == data
+        assert retr(f, "down.bin") == data
         assert "down.bin" in f.nlst()
     finally:
         f.quit()

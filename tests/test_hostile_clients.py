@@ -6,12 +6,11 @@ import ftplib
 import io
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import USERS, crc32, pattern
+from helpers import USERS, crc32, free_port_range, pattern, raw_control, retr, start_upload
 
 
 def greeting_within(host: str, port: int, seconds: float) -> bytes | None:
@@ -56,8 +55,7 @@ def test_concurrent_boxes_of_one_address_never_get_each_others_bytes(ftpd_factor
 
 def test_a_quit_during_an_upload_freezes_nobody(ftpd):
     a = ftpd.ftp()
-    a.voidcmd("TYPE I")
-    held = a.transfercmd("STOR hold.bin")
+    held = start_upload(a, "hold.bin")
     held.sendall(b"x" * 1000)
     a.sock.sendall(b"QUIT\r\n")
     time.sleep(0.5)
@@ -73,8 +71,7 @@ def test_a_quit_during_an_upload_freezes_nobody(ftpd):
 
 def test_a_closed_control_connection_during_an_upload_freezes_nobody(ftpd):
     a = ftpd.ftp()
-    a.voidcmd("TYPE I")
-    held = a.transfercmd("STOR hold.bin")
+    held = start_upload(a, "hold.bin")
     held.sendall(b"x" * 1000)
     a.sock.close()
     time.sleep(0.5)
@@ -86,15 +83,8 @@ def test_a_closed_control_connection_during_an_upload_freezes_nobody(ftpd):
         held.close()
 
 
-def raw_session(host: str, port: int):
-    s = socket.create_connection((host, port), timeout=10)
-    r = s.makefile("rb")
-    assert r.readline().startswith(b"220")
-    return s, r
-
-
 def test_unicode_command_words_are_refused_and_do_not_log_in(ftpd):
-    s, r = raw_session(ftpd.host, ftpd.port)
+    s, r = raw_control(ftpd.host, ftpd.port)
     s.sendall(b"USER alice\r\n")
     assert r.readline().startswith(b"331")
     for i in range(8):
@@ -120,9 +110,7 @@ def test_malformed_rest_is_answered_and_the_session_goes_on(ftpd):
             f.sendcmd(bad)
         assert f.sendcmd("NOOP").startswith("200")
     # The refused REST left no offset behind: a download starts at 0.
-    got = io.BytesIO()
-    f.retrbinary("RETR a.bin", got.write)
-    assert got.getvalue() == b"0123456789"
+    assert retr(f, "a.bin") == b"0123456789"
     f.quit()
 
 
@@ -150,7 +138,7 @@ def test_one_known_account_does_not_clear_another_users_failures(ftpd):
 
 def test_a_silent_connection_is_closed_at_the_login_deadline(ftpd_factory):
     srv = ftpd_factory(login_timeout="2")
-    s, r = raw_session(srv.host, srv.port)
+    s, r = raw_control(srv.host, srv.port)
     t = time.time()
     assert r.readline() == b"421 Login timed out.\r\n"
     assert time.time() - t < 6
@@ -164,7 +152,7 @@ def test_a_silent_connection_is_closed_at_the_login_deadline(ftpd_factory):
 
 def test_connections_per_address_are_capped(ftpd_factory):
     srv = ftpd_factory(max_connections_per_address="3")
-    held = [raw_session(srv.host, srv.port) for _ in range(3)]
+    held = [raw_control(srv.host, srv.port) for _ in range(3)]
     with socket.create_connection((srv.host, srv.port), timeout=10) as s:
         assert s.recv(200).startswith(b"421 Too many connections from your address")
     held.pop()[0].close()
@@ -202,8 +190,6 @@ def test_a_download_is_never_taken_for_an_upload(ftpd):
 
 
 def test_a_busy_passive_port_does_not_stop_the_server(ftpd_factory, tmp_path):
-    from conftest import Ftpd, free_port_range
-
     lo, hi = free_port_range()
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", lo + 1))
@@ -251,7 +237,7 @@ def test_inside_tls_an_endless_line_is_cut_off(ftpd_factory, tmp_path):
     )
     srv = ftpd_factory(ftps_cert=str(cert), ftps_key=str(keyf))
     before = rss_kib(srv.proc.pid)
-    s, r = raw_session(srv.host, srv.port)
+    s, r = raw_control(srv.host, srv.port)
     s.sendall(b"AUTH TLS\r\n")
     assert r.readline().startswith(b"234")
     t = ssl._create_unverified_context().wrap_socket(s)

@@ -5,9 +5,7 @@ import io
 import random
 import time
 
-from conftest import crc32, info, key
-
-MiB = 1 << 20
+from helpers import MiB, crc32, info, key, start_upload
 
 
 def wait_for_info(f, path: str, size: int, timeout: float = 5) -> dict:
@@ -31,9 +29,7 @@ def test_key_info_during_a_stalled_upload_shows_the_stored_bytes_and_their_crc(f
     data = random.Random(60).randbytes(6 * MiB)
     remote = ftpd.file("alice", "live.ts")
     a = ftpd.ftp()
-    a.sendcmd(f"SITE KEY {key(crc32(data))}")
-    a.voidcmd("TYPE I")
-    conn = a.transfercmd("STOR live.ts")
+    conn = start_upload(a, "live.ts", crc32(data))
     q = ftpd.ftp()
 
     # Bytes are stored as soon as a write buffer is full or the sender pauses.

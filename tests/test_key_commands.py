@@ -1,16 +1,24 @@
 """Every form of the KEY command through `SITE KEY`, its replies and its errors."""
 
 import ftplib
-import io
 import re
-import socket
-import struct
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 
-from conftest import crc32, info, key, pattern, wait_for_settled_size
+from helpers import (
+    crc32,
+    info,
+    key,
+    pattern,
+    raw_control,
+    raw_dialogue,
+    rst_close,
+    start_upload,
+    stor,
+    wait_for_settled_size,
+)
 
 
 def forge_crc(prefix: bytes, target: int) -> bytes:
@@ -48,28 +56,6 @@ def forge_crc(prefix: bytes, target: int) -> bytes:
     out = prefix + x.to_bytes(4, "little")
     assert crc32(out) == target
     return out
-
-
-def raw_session(port: int, lines: list[bytes], login: tuple[str, str] | None = None) -> list[bytes]:
-    """Sends each line on a fresh control connection and returns each raw reply line."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"220")
-    replies = []
-    if login:
-        s.sendall(b"USER %s\r\n" % login[0].encode())
-        assert f.readline().startswith(b"331")
-        s.sendall(b"PASS %s\r\n" % login[1].encode())
-        assert f.readline().startswith(b"230")
-    for line in lines:
-        s.sendall(line)
-        replies.append(f.readline())
-    s.close()
-    return replies
-
-
-def stor(f: ftplib.FTP, name: str, data: bytes) -> str:
-    return f.storbinary(f"STOR {name}", io.BytesIO(data))
 
 
 # -- declaring ---------------------------------------------------------------------------------
@@ -347,16 +333,14 @@ def test_paths_that_cannot_name_a_file_answer_like_a_missing_file(ftpd):
 
 
 def test_before_login_every_form_is_530(ftpd):
-    replies = raw_session(
+    replies = raw_dialogue(
         ftpd.port,
         [b"SITE KEY NULL\r\n", b"SITE KEY NULL a.ts\r\n", b"SITE KEY 0x12345678\r\n", b"SITE KEY INFO a.ts\r\n"],
     )
     for r in replies:
         assert r.startswith(b"530 "), replies
     # after USER but before PASS too
-    s = socket.create_connection(("127.0.0.1", ftpd.port), timeout=10)
-    f = s.makefile("rb")
-    f.readline()
+    s, f = raw_control("127.0.0.1", ftpd.port)
     s.sendall(b"USER alice\r\n")
     assert f.readline().startswith(b"331")
     s.sendall(b"SITE KEY NULL\r\n")
@@ -377,7 +361,7 @@ def test_query_reply_line_carries_nothing_after_the_value(ftpd):
     f.sendcmd("SITE KEY 0x0")
     stor(f, "zero.ts", b"")
     stor(f, "plain.ts", b"plain")
-    replies = raw_session(
+    replies = raw_dialogue(
         ftpd.port,
         [
             b"SITE KEY NULL raw.ts\r\n",
@@ -411,7 +395,7 @@ def test_info_is_a_well_formed_multiline_reply(ftpd):
     f.sendcmd(f"SITE KEY {key(crc32(data))}")
     before = time.time()
     stor(f, "m.ts", data)
-    raw = raw_session(ftpd.port, [b"SITE KEY INFO m.ts\r\n"], login=("alice", "alice-pw"))
+    raw = raw_dialogue(ftpd.port, [b"SITE KEY INFO m.ts\r\n"], login=("alice", "alice-pw"))
     assert raw == [b"213-KEY INFO /m.ts\r\n"]
     lines = f.sendcmd("SITE KEY INFO m.ts").splitlines()
     assert lines[0] == "213-KEY INFO /m.ts"
@@ -429,20 +413,12 @@ def test_info_is_a_well_formed_multiline_reply(ftpd):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", i["updated"])
 
 
-def rst_close(sock: socket.socket) -> None:
-    """Closes with a TCP reset, as a dropped link looks to the server."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def test_info_after_an_interrupted_upload_proves_the_prefix(ftpd_factory):
     srv = ftpd_factory(upload_buffer_kib=64, upload_buffer_max_kib=64)
     data = pattern(3 << 20, seed=17)
     cut = 1_234_567
     f = srv.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("STOR part.ts")
+    conn = start_upload(f, "part.ts", crc32(data))
     conn.sendall(data[:cut])
     g = srv.ftp()
     # while the upload runs, INFO shows the live progress

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crc32, key
+from helpers import crc32, key
 
 SIZE = 128 << 20
 

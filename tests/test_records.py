@@ -1,20 +1,10 @@
 """Checksum records follow DELE and RNFR/RNTO, stay per user, and are not reachable by FTP."""
 
 import ftplib
-import io
 
 import pytest
 
-from conftest import crc32, info, key, pattern
-
-
-def stor(f: ftplib.FTP, name: str, data: bytes) -> str:
-    return f.storbinary(f"STOR {name}", io.BytesIO(data))
-
-
-def declared_upload(f: ftplib.FTP, name: str, data: bytes) -> None:
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    assert stor(f, name, data).startswith("226")
+from helpers import crc32, declared_upload, info, key, pattern, retr, stor
 
 
 def null(f: ftplib.FTP, path: str) -> str:
@@ -26,12 +16,6 @@ def null_or_550(f: ftplib.FTP, path: str) -> str:
         return null(f, path)
     except ftplib.error_perm as e:
         return str(e)[:3]
-
-
-def retr(f: ftplib.FTP, path: str) -> bytes:
-    out = bytearray()
-    f.retrbinary(f"RETR {path}", out.extend)
-    return bytes(out)
 
 
 def test_dele_removes_the_record(ftpd):

@@ -6,7 +6,7 @@ import re
 import socket
 import time
 
-from conftest import USERS, crc32, info, key, pattern
+from helpers import USERS, crc32, info, key, pattern, raw_control
 
 REPLY_END = re.compile(rb"^\d{3} ", re.M)
 
@@ -214,9 +214,7 @@ def test_commands_pipelined_behind_pass_do_not_count_as_failed_logins(ftpd):
     """libunftp answers a command sent right behind PASS before the PASS itself; a correct
     login followed at once by more commands must not count as a failure."""
     for _ in range(8):  # more than failed_logins_max
-        s = socket.create_connection(("127.0.0.1", ftpd.port), timeout=10)
-        f = s.makefile("rb")
-        assert f.readline().startswith(b"220")
+        s, f = raw_control("127.0.0.1", ftpd.port)
         s.sendall(b"USER alice\r\nPASS alice-pw\r\nSITE KEY NULL x.ts\r\nNOOP\r\n")
         replies = [f.readline() for _ in range(4)]
         assert replies[0].startswith(b"331") and replies[1].startswith(b"230"), replies
@@ -224,9 +222,7 @@ def test_commands_pipelined_behind_pass_do_not_count_as_failed_logins(ftpd):
         s.close()
     # PASS before USER is refused without stalling the connection or counting as a failure
     for _ in range(6):
-        s = socket.create_connection(("127.0.0.1", ftpd.port), timeout=5)
-        f = s.makefile("rb")
-        f.readline()
+        s, f = raw_control("127.0.0.1", ftpd.port, timeout=5)
         s.sendall(b"PASS nothing\r\nNOOP\r\n")
         assert f.readline().startswith(b"503"), "PASS without USER"
         assert f.readline()[:1] in (b"2", b"5")

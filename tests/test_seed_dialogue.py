@@ -3,7 +3,7 @@
 import io
 import socket
 
-from conftest import crc32, key, pattern, wait_for_settled_size
+from helpers import crc32, key, pattern, start_upload, wait_for_settled_size
 
 
 def test_first_attempt_declares_uploads_and_verifies(ftpd):
@@ -21,9 +21,7 @@ def test_link_drop_then_resume_with_rest_and_stor(ftpd):
     cut = 1_500_000
     # First attempt: declare, then send only `cut` bytes and drop the link.
     f = ftpd.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("STOR rec.ts")
+    conn = start_upload(f, "rec.ts", crc32(data))
     conn.sendall(data[:cut])
     conn.shutdown(socket.SHUT_RDWR)
     conn.close()

@@ -9,9 +9,7 @@ import socket
 import threading
 import time
 
-from conftest import crc32, info, key, wait_for_disk_size
-
-MiB = 1 << 20
+from helpers import MiB, crc32, info, key, send_paced, start_upload, wait_for_disk_size
 
 
 class PacedUpload(threading.Thread):
@@ -27,18 +25,9 @@ class PacedUpload(threading.Thread):
     def run(self) -> None:
         f = self.srv.ftp()
         try:
-            f.sendcmd(f"SITE KEY {key(crc32(self.data))}")
-            f.voidcmd("TYPE I")
-            conn = f.transfercmd(f"STOR {self.name}")
+            conn = start_upload(f, self.name, crc32(self.data))
             self.started.set()
-            t0 = time.monotonic()
-            try:
-                while self.sent < len(self.data):
-                    conn.sendall(self.data[self.sent : self.sent + 65536])
-                    self.sent += 65536
-                    time.sleep(max(0.0, self.sent / self.rate - (time.monotonic() - t0)))
-            except OSError:
-                pass
+            self.sent = send_paced(conn, self.data, self.rate)
             conn.close()
             try:
                 self.reply = f.voidresp()

@@ -5,23 +5,12 @@ are never shared by two writers."""
 
 import ftplib
 import io
-import json
-import os
 import socket
-import subprocess
 import time
 
 import pytest
 
-from conftest import STB_UPLOAD, USERS, crc32, info, key, pattern, wait_for_disk_size
-
-KiB = 1 << 10
-MiB = 1 << 20
-
-
-def declared_upload(f: ftplib.FTP, name: str, data: bytes) -> None:
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    assert f.storbinary(f"STOR {name}", io.BytesIO(data)).startswith("226")
+from helpers import KiB, MiB, crc32, declared_upload, info, key, pattern, start_upload, stb_upload, wait_for_disk_size
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:
@@ -42,9 +31,7 @@ def test_a_stalled_upload_stops_records_what_it_stored_and_answers_426(ftpd_fact
     srv = ftpd_factory(data_idle_timeout=idle, front=front)
     data = pattern(MiB, seed=70)
     f = srv.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    d = f.transfercmd("STOR stall.ts")
+    d = start_upload(f, "stall.ts", crc32(data))
     d.sendall(data[:sent])
     t0 = time.monotonic()
     # The sender goes silent with its data connection open (a box that lost power).
@@ -84,9 +71,7 @@ def test_a_slow_sender_that_keeps_sending_is_not_cut(ftpd_factory):
     srv = ftpd_factory(data_idle_timeout=idle)
     data = pattern(6 * KiB, seed=71)
     f = srv.ftp()
-    f.sendcmd(f"SITE KEY {key(crc32(data))}")
-    f.voidcmd("TYPE I")
-    d = f.transfercmd("STOR slow.ts")
+    d = start_upload(f, "slow.ts", crc32(data))
     t0 = time.monotonic()
     for i in range(6):
         d.sendall(data[i * KiB : (i + 1) * KiB])
@@ -104,9 +89,7 @@ def test_a_slow_sender_that_keeps_sending_is_not_cut(ftpd_factory):
 def leave_empty_partial(srv, name: str, declared: int) -> None:
     """`KEY F`, then a STOR whose data connection closes before any byte."""
     f = srv.ftp()
-    f.sendcmd(f"SITE KEY {key(declared)}")
-    f.voidcmd("TYPE I")
-    d = f.transfercmd(f"STOR {name}")
+    d = start_upload(f, name, declared)
     d.close()
     with pytest.raises(ftplib.error_temp, match="^451"):
         f.voidresp()
@@ -161,16 +144,9 @@ def test_stb_upload_resumes_a_zero_byte_partial_to_verified(ftpd, tmp_path):
     local = tmp_path / "rec.ts"
     local.write_bytes(data)
     leave_empty_partial(ftpd, "rec.ts", crc32(data))
-    proc = subprocess.run(
-        [str(STB_UPLOAD), "--json", "--password-stdin", f"ftp://alice@127.0.0.1:{ftpd.port}/rec.ts", str(local)],
-        input=USERS["alice"] + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "STB_PASSWORD"},
-    )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0, (result, proc.stderr)
+    run = stb_upload(ftpd.port, "rec.ts", local, timeout=120)
+    assert run.code == 0, run
+    result = run.result
     assert (result["decision"], result["resumed_from"], result["verified"]) == ("resume", 0, True), result
     f = ftpd.ftp()
     i = info(f, "rec.ts")
@@ -210,9 +186,7 @@ def test_a_rename_onto_a_file_being_written_takes_that_upload_over(ftpd_factory)
     big = pattern(4 * MiB, seed=78)
     small = pattern(50_000, seed=79)
     a = srv.ftp()
-    a.sendcmd(f"SITE KEY {key(crc32(big))}")
-    a.voidcmd("TYPE I")
-    a_data = a.transfercmd("STOR target.ts")
+    a_data = start_upload(a, "target.ts", crc32(big))
     a_data.sendall(big[: MiB + 4321])
     wait_for_disk_size(srv.file("alice", "target.ts"), MiB)
 
@@ -242,9 +216,7 @@ def test_a_directory_with_a_running_upload_below_it_is_not_renamed(ftpd_factory)
     data = pattern(3 * MiB, seed=80)
     a = srv.ftp()
     a.mkd("d")
-    a.sendcmd(f"SITE KEY {key(crc32(data))}")
-    a.voidcmd("TYPE I")
-    a_data = a.transfercmd("STOR d/x.ts")
+    a_data = start_upload(a, "d/x.ts", crc32(data))
     a_data.sendall(data[:MiB])
     wait_for_disk_size(srv.file("alice", "d/x.ts"), MiB // 2)
 

@@ -4,13 +4,12 @@ import ftplib
 import hashlib
 import io
 import re
-import signal
 import subprocess
-import time
 
 import pytest
 
-from conftest import USERS, crc32, info, key, pattern, wait_for_settled_size
+from helpers import USERS, crc32, info, key, kill_once_stored, pattern, retr, wait_for_settled_size
+
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -101,11 +100,7 @@ def test_curl_resume_without_key_after_the_client_was_killed(ftpd, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     dest = ftpd.file("alice", "rec.ts")
-    deadline = time.time() + 15
-    while (not dest.exists() or dest.stat().st_size < 1_000_000) and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait(10)
+    kill_once_stored(p, dest, 1_000_000, timeout=15)
     f = ftpd.ftp()
     size = wait_for_settled_size(f, "rec.ts")
     f.close()
@@ -183,11 +178,7 @@ def test_lftp_put_continue_after_the_client_was_killed(ftpd, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     dest = ftpd.file("alice", "rec.ts")
-    deadline = time.time() + 15
-    while (not dest.exists() or dest.stat().st_size < 1_000_000) and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait(10)
+    kill_once_stored(p, dest, 1_000_000, timeout=15)
     f = ftpd.ftp()
     size = wait_for_settled_size(f, "rec.ts")
     assert 0 < size < len(data)
@@ -242,9 +233,7 @@ def test_ftplib_directory_and_file_operations(ftpd):
     listing = []
     f.retrlines("LIST", listing.append)
     assert len(listing) == 2 and any(str(len(data)) in line and line.endswith("x.ts") for line in listing), listing
-    got = bytearray()
-    assert f.retrbinary("RETR x.ts", got.extend).startswith("226")
-    assert bytes(got) == data
+    assert retr(f, "x.ts") == data
     assert f.size("x.ts") == len(data)
     assert re.fullmatch(r"213 \d{14}", f.sendcmd("MDTM x.ts"))
     f.rename("x.ts", "y.ts")
@@ -275,9 +264,7 @@ def test_ftplib_interrupted_download_resumes_with_rest(ftpd):
     conn.close()
     f.close()
     g = ftpd.ftp()
-    rest = bytearray()
-    g.retrbinary("RETR d.ts", rest.extend, rest=len(first))
-    assert first + bytes(rest) == data
+    assert first + retr(g, "d.ts", rest=len(first)) == data
 
 
 def test_site_hash_crc32_and_site_md5_match(ftpd):

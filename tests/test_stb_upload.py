@@ -8,53 +8,17 @@ import os
 import random
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import STB_UPLOAD, USERS, crc32, free_port, info, key
+from helpers import STB_UPLOAD, USERS, crc32, data_of, free_port, info, key, stb_upload
 from relay import Relay
-
-
-@dataclass
-class Run:
-    code: int
-    result: dict
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}, {self.result}, stderr:\n{self.stderr}"
-
-
-def stb_upload(
-    port: int, remote: str, local: Path, *args: str, user: str = "alice", password: str | None = None, timeout=300
-) -> Run:
-    """Runs stb-upload with --json; the password goes through --password-stdin."""
-    password = USERS[user] if password is None else password
-    proc = subprocess.run(
-        [str(STB_UPLOAD), "--json", "--password-stdin", *args, f"ftp://{user}@127.0.0.1:{port}/{remote}", str(local)],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={k: v for k, v in os.environ.items() if k != "STB_PASSWORD"},
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, f"expected one JSON line, got {proc.stdout!r}; stderr:\n{proc.stderr}"
-    result = json.loads(lines[0])
-    assert result["exit_code"] == proc.returncode, (result, proc.returncode)
-    assert result["ok"] == (proc.returncode == 0), result
-    return Run(proc.returncode, result, proc.stderr)
 
 
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
-
-
-def data_of(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 def leave_partial(ftpd, name: str, declared: int | None, data: bytes, user: str = "alice") -> None:

@@ -6,7 +6,6 @@ ext4 image in turn, which takes root; where that is impossible it is skipped and
 """
 
 import ftplib
-import json
 import os
 import shutil
 import socket
@@ -18,10 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STB_UPLOAD, USERS, crc32, info, key, pattern
-
-KiB = 1 << 10
-MiB = 1 << 20
+from helpers import STB_UPLOAD, KiB, MiB, crc32, info, key, pattern, stb_upload, transfer_reply
 
 
 # -- a small filesystem -------------------------------------------------------------------
@@ -81,41 +77,6 @@ def fill(path: Path, leave: int = 0) -> None:
                 return
 
 
-def stor(f: ftplib.FTP, path: str, data: bytes, rest: int | None = None) -> str:
-    """STOR (REST first when given) that reads the final reply even when the server stops
-    reading the data connection early, as it does when the disk is full. Returns the reply."""
-    f.voidcmd("TYPE I")
-    try:
-        conn = f.transfercmd(f"STOR {path}", rest)
-    except ftplib.Error as e:
-        return str(e)
-    try:
-        conn.sendall(data)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-    try:
-        return f.voidresp()
-    except ftplib.Error as e:
-        return str(e)
-
-
-def stb_upload(port: int, remote: str, local: Path) -> dict:
-    """The box's client, once: its JSON result."""
-    proc = subprocess.run(
-        [str(STB_UPLOAD), "--json", "--password-stdin", f"ftp://alice@127.0.0.1:{port}/{remote}", str(local)],
-        input=USERS["alice"] + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "STB_PASSWORD"},
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, f"stb-upload: {proc.stdout!r}\n{proc.stderr}"
-    return json.loads(lines[0])
-
-
 def assert_consistent(f: ftplib.FTP, path: str, data: bytes) -> dict:
     """KEY INFO never claims bytes the file does not hold: a tracked state has the file's size
     and the CRC of exactly the first `size` bytes of `data`."""
@@ -137,7 +98,7 @@ def test_full_disk_answers_452_and_the_same_server_recovers(small_disk, ftpd_fac
     # Written before the fill: a verified recording.
     before = pattern(512 * KiB, seed=1)
     f.sendcmd(f"SITE KEY {key(crc32(before))}")
-    assert stor(f, "before.ts", before).startswith("226")
+    assert transfer_reply(f, "STOR before.ts", before).startswith("226")
     info_before = info(f, "before.ts")
     assert info_before["state"] == "verified", info_before
 
@@ -153,7 +114,7 @@ def test_full_disk_answers_452_and_the_same_server_recovers(small_disk, ftpd_fac
     fill(disk / "filler", leave=1536 * KiB)
     rec = pattern(4 * MiB, seed=2)
     f.sendcmd(f"SITE KEY {key(crc32(rec))}")
-    reply = stor(f, "rec.ts", rec)
+    reply = transfer_reply(f, "STOR rec.ts", rec)
     assert reply[:3] in ("452", "552"), reply
     assert_consistent(f, "rec.ts", rec)
 
@@ -162,7 +123,7 @@ def test_full_disk_answers_452_and_the_same_server_recovers(small_disk, ftpd_fac
     fill(disk / "filler2")
     replies = []
     for name in names:
-        r = stor(f, name, b"")
+        r = transfer_reply(f, f"STOR {name}", b"")
         replies.append(r)
         if sum(not x.startswith("226") for x in replies) >= 12:
             break
@@ -183,7 +144,7 @@ def test_full_disk_answers_452_and_the_same_server_recovers(small_disk, ftpd_fac
     deadline = time.time() + 20
     while True:
         f.sendcmd(f"SITE KEY {key(crc32(after))}")
-        reply = stor(f, "after.ts", after)
+        reply = transfer_reply(f, "STOR after.ts", after)
         if reply.startswith("226") or time.time() > deadline:
             break
         assert reply[:3] in ("452", "552"), reply  # until the store is reopened (backoff)
@@ -197,7 +158,7 @@ def test_full_disk_answers_452_and_the_same_server_recovers(small_disk, ftpd_fac
     # The box comes back for its recording and finishes it.
     local = tmp_path / "rec.ts"
     local.write_bytes(rec)
-    result = stb_upload(srv.port, "rec.ts", local)
+    result = stb_upload(srv.port, "rec.ts", local, timeout=120).result
     assert result["ok"] and result["verified"] is True, result
     assert result["decision"] == "resume" and result["resumed_from"] > 0, result
     assert (home / "rec.ts").read_bytes() == rec
@@ -275,7 +236,7 @@ def test_password_checks_do_not_stall_other_sessions(ftpd_factory):
 
     def upload_time() -> float:
         t = time.perf_counter()
-        assert stor(f, "moving.ts", data).startswith("226")
+        assert transfer_reply(f, "STOR moving.ts", data).startswith("226")
         return time.perf_counter() - t
 
     quiet = noop_times(f, 60)

@@ -11,9 +11,7 @@ import time
 
 import pytest
 
-from conftest import crc32, info, key, wait_for_disk_size
-
-MiB = 1 << 20
+from helpers import MiB, crc32, final_reply, info, key, send_paced, start_upload, wait_for_disk_size
 
 
 def test_a_reconnected_session_takes_over_a_stalled_upload(ftpd_factory):
@@ -25,9 +23,7 @@ def test_a_reconnected_session_takes_over_a_stalled_upload(ftpd_factory):
 
     # Session A: declares, sends 2.5 MiB, then stalls with its data connection open.
     a = srv.ftp()
-    a.sendcmd(f"SITE KEY {key(crc32(data))}")
-    a.voidcmd("TYPE I")
-    a_data = a.transfercmd("STOR rec.ts")
+    a_data = start_upload(a, "rec.ts", crc32(data))
     a_data.sendall(data[:sent_by_a])
     wait_for_disk_size(remote, 2 * MiB)
     time.sleep(0.3)
@@ -75,19 +71,9 @@ def upload(srv, name: str, data: bytes, rate: float, start: threading.Barrier, d
         start.wait(10)
         time.sleep(delay)
         conn = f.transfercmd(f"STOR {name}")
-        t0, sent = time.monotonic(), 0
-        try:
-            while sent < len(data):
-                conn.sendall(data[sent : sent + 65536])
-                sent += 65536
-                time.sleep(max(0.0, sent / rate - (time.monotonic() - t0)))
-        except OSError:
-            pass  # the server stopped reading: this transfer was taken over
+        send_paced(conn, data, rate)  # stops early when the server stops reading: taken over
         conn.close()
-        try:
-            out["reply"] = f.voidresp()
-        except ftplib.Error as e:
-            out["reply"] = str(e)
+        out["reply"] = final_reply(f)
     finally:
         f.close()
 
@@ -131,9 +117,7 @@ def test_delete_or_rename_takes_a_stalled_upload_over(ftpd_factory, action):
     data = random.Random(33).randbytes(4 * MiB)
     sent = 2 * MiB + 12345
     a = srv.ftp()
-    a.sendcmd(f"SITE KEY {key(crc32(data))}")
-    a.voidcmd("TYPE I")
-    a_data = a.transfercmd("STOR held.ts")
+    a_data = start_upload(a, "held.ts", crc32(data))
     a_data.sendall(data[:sent])
     wait_for_disk_size(srv.file("alice", "held.ts"), 2 * MiB)
 

@@ -130,7 +130,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="stb-bench-", dir=args.dir))
     server = Ftpd(base / "ftpd", durability="none").start()
     try:
-        print(f"\nPeak RSS of stb-upload (ru_maxrss through GNU time), ftpd with durability=none, default 128 KiB buffer:")
+        print("\nPeak RSS of stb-upload (ru_maxrss through GNU time), ftpd with durability=none, default 128 KiB buffer:")
         for src in (small, big):
             _, rss, _, r = stb_upload(server, src, "rss.bin")
             assert r["crc"] == "0x%08X" % crc_of(src), r

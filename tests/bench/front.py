@@ -6,28 +6,29 @@ resume decision (connect to first data byte of the resumed STOR) as the client s
 
     python3 tests/bench/front.py [--size-mib 1024] [--rounds 3] [--sessions 500]
 
-Both servers use durability = "none", so the disk does not hide the front's cost.
+Needs a release build: cargo build --release -p ftpd. Both servers use durability = "none", so
+the disk does not hide the front's cost.
 """
 
 import argparse
 import ftplib
 import resource
-import socket
 import statistics
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
-from servers import Ftpd
+from servers import Ftpd  # first: puts tests/ on sys.path
 from upload import idle_session_rss, make_file, per_gib, rotated, upload
+
+from helpers import crc32, final_reply, key, rst_close  # noqa: E402
 
 
 def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
     """Round trips and median seconds from connect to the first byte of a resumed STOR."""
     data = bytes(range(256)) * 4096
-    crc = "0x%08X" % (zlib.crc32(data) & 0xFFFFFFFF)
+    crc = key(crc32(data))
     f = ftplib.FTP(timeout=30)
     f.connect("127.0.0.1", srv.port)
     f.login(srv.user, srv.password)
@@ -36,10 +37,7 @@ def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
     conn = f.transfercmd("STOR rec.ts")
     conn.sendall(data[:300_000])
     conn.close()
-    try:
-        f.voidresp()
-    except ftplib.Error:
-        pass
+    final_reply(f)
     f.quit()
     times, trips = [], 0
     for _ in range(runs):
@@ -55,12 +53,8 @@ def resume_decision(srv: Ftpd, runs: int = 20) -> tuple[int, float]:
         conn.sendall(data[size : size + 1])
         times.append(time.perf_counter() - t0)
         trips = 9
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        conn.close()
-        try:
-            g.voidresp()
-        except ftplib.Error:
-            pass
+        rst_close(conn)
+        final_reply(g)
         g.close()
         time.sleep(0.05)
     return trips, statistics.median(times)

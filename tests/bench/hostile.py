@@ -5,7 +5,8 @@ same run.
 
     python3 tests/bench/hostile.py [--rounds 2] [--boxes 20] [--attack-size 3000]
                                    [--binary target/release/ftpd] [--only SCENARIO[,SCENARIO]]
-                                   [--mib 2] [--rate-kib 1024] [--set KEY=VALUE ...] [--keep]
+                                   [--mib 2] [--rate-kib 1024] [--attack-from 127.0.0.2]
+                                   [--set KEY=VALUE ...] [--dir /tmp] [--keep]
 
 Needs a release build (cargo build --release -p ftpd) and nothing else: no pytest, no FTP tools.
 
@@ -85,6 +86,9 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # helpers.py, shared with the end-to-end tests
+from helpers import free_port, free_port_range  # noqa: E402
+
 USER, PASSWORD = "bench", "bench-password"
 HONEST_IP = "127.0.0.1"
 SERVER_IP = "127.0.0.1"
@@ -110,34 +114,6 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 # -- ports and sockets ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((SERVER_IP, 0))
-        return s.getsockname()[1]
-
-
-def free_port_range(count: int) -> tuple[int, int]:
-    """`count` free ports outside the kernel's ephemeral range (no client socket lands there)."""
-    try:
-        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        lo, hi = 32768, 60999
-    start, end = (1024, lo) if lo - 1024 >= count * 10 else (hi + 1, 65536)
-    for _ in range(200):
-        base = random.randrange(start, end - count)
-        ok = True
-        for p in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind((SERVER_IP, p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base, base + count - 1
-    raise RuntimeError("no free port range")
 
 
 def new_socket(src_ip: str) -> socket.socket:

@@ -3,32 +3,17 @@ from the same libunftp (ftpd/examples/plain_libunftp.rs) and vsftpd (Debian pack
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import free_port, free_port_range  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))  # helpers.py, shared with the end-to-end tests
+from helpers import free_port, free_port_range, wait_listening  # noqa: E402
 
 RELEASE = REPO / "target" / "release"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_listening(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.recv(100)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start")
 
 
 class Server:
@@ -122,7 +107,7 @@ class Ftpd(Server):
             stdout=subprocess.DEVNULL,
             stderr=open(self.base / "ftpd.log", "ab"),
         )
-        wait_listening(self.port, self.proc, self.name)
+        wait_listening("127.0.0.1", self.port, self.proc, self.name)
         return self
 
     def file(self, name: str) -> Path:
@@ -142,7 +127,7 @@ class PlainLibunftp(Server):
             stderr=subprocess.DEVNULL,
             env=dict(os.environ, RUST_LOG="error"),
         )
-        wait_listening(self.port, self.proc, self.name)
+        wait_listening("127.0.0.1", self.port, self.proc, self.name)
         return self
 
     def file(self, name: str) -> Path:
@@ -187,7 +172,7 @@ class Vsftpd(Server):
             )
         )
         self.proc = subprocess.Popen([exe, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(self.port, self.proc, self.name)
+        wait_listening("127.0.0.1", self.port, self.proc, self.name)
         return self
 
     def file(self, name: str) -> Path:

@@ -6,24 +6,25 @@ the time from STOR to 226 for a 4 KiB file, and RSS per idle logged-in session (
 plain libunftp), counted after a first login whose one-time cost is printed apart.
 
     python3 tests/bench/upload.py [--size-mib 1024] [--rounds 3] [--dir /tmp] [--sessions 200]
+                                  [--skip-latency]
 
-Needs release builds: cargo build --release -p ftpd --example plain_libunftp; and vsftpd.
+Needs release builds: cargo build --release -p ftpd --bins --example plain_libunftp; and vsftpd.
 """
 
 import argparse
 import ftplib
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from io import BytesIO
 from pathlib import Path
 
-from servers import CLK_TCK, CpuMeter, Ftpd, PlainLibunftp, Vsftpd
+from servers import CLK_TCK, CpuMeter, Ftpd, PlainLibunftp, Vsftpd  # first: puts tests/ on sys.path
+
+from helpers import crc32, final_reply, key, rst_close  # noqa: E402
 
 
 def make_file(path: Path, mib: int) -> None:
@@ -105,7 +106,7 @@ def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
     f.login(ftpd.user, ftpd.password)
     f.voidcmd("TYPE I")
     small = bytes(4096)
-    f.sendcmd("SITE KEY 0x%08X" % zlib.crc32(small))
+    f.sendcmd(f"SITE KEY {key(crc32(small))}")
     f.storbinary("STOR small.ts", BytesIO(small))
     # 4 GiB partial: send 4 GiB, then reset the data connection (a link that died).
     f.sendcmd("SITE KEY 0x12345678")
@@ -113,12 +114,8 @@ def key_info_latency(ftpd: Ftpd, n: int = 300) -> dict:
     block = bytes(1 << 20)
     for _ in range(4096):
         conn.sendall(block)
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    conn.close()
-    try:
-        f.voidresp()
-    except ftplib.Error:
-        pass
+    rst_close(conn)
+    final_reply(f)
     time.sleep(1)
     out = {}
     for name in ("small.ts", "big.ts"):

@@ -1,4 +1,11 @@
-"""Python's ftplib against the front: KEY, uploads, resume, listing, download, ABOR, QUIT."""
+"""Python's ftplib against the front: KEY, uploads, resume, listing, download, ABOR, QUIT.
+
+Not a pytest module: ftpd/tests/front_libunftp.rs runs it against a front it started,
+
+    python3 tests/clients/ftplib_client.py HOST PORT USER PASSWORD
+
+and expects "ftplib: all ok" as the last line.
+"""
 import ftplib
 import io
 import os

@@ -1,0 +1,346 @@
+"""Plain helpers the end-to-end tests share: the binaries under test and the accounts, test data
+and its CRC, uploads and downloads with ftplib, raw control connections, running stb-upload,
+and waiting for the server. Fixtures live in conftest.py.
+
+Only the standard library: the benchmark scripts in tests/bench import this too, without pytest.
+"""
+
+import ftplib
+import io
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FTPD = Path(os.environ.get("FTPD_BIN", REPO / "target" / "release" / "ftpd"))
+STB_UPLOAD = Path(os.environ.get("STB_UPLOAD_BIN", REPO / "target" / "release" / "stb-upload"))
+
+USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+# -- data and its CRC ----------------------------------------------------------------------------
+
+
+def crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def key(value: int) -> str:
+    """A KEY value as the protocol writes it."""
+    return "0x%08X" % value
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating-looking test data."""
+    rnd = random.Random(seed)
+    block = rnd.randbytes(min(size, 1 << 16) or 1)
+    out = bytearray()
+    i = 0
+    while len(out) < size:
+        out += bytes(b ^ (i & 0xFF) for b in block[: size - len(out)]) if i else block[: size - len(out)]
+        i += 1
+    return bytes(out)
+
+
+def data_of(size: int, seed: int) -> bytes:
+    """`size` random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+# -- ports ---------------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (bind to 0, outgoing connections)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_range(count: int = 20) -> tuple[int, int]:
+    """A run of `count` ports that are free right now, outside the kernel's ephemeral range so
+    that no port from free_port() (a server's listen port) or a client's socket can fall in it."""
+    lo, hi = ephemeral_ports()
+    start, end = (1024, lo) if lo - 1024 >= count * 10 else (hi + 1, 65536)
+    for _ in range(200):
+        base = random.randrange(start, end - count)
+        ok = True
+        for p in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base, base + count - 1
+    raise RuntimeError("no free port range")
+
+
+# -- FTP with ftplib -----------------------------------------------------------------------------
+
+
+def info(f: ftplib.FTP, path: str = "") -> dict:
+    """KEY INFO as a dict."""
+    resp = f.sendcmd(("SITE KEY INFO " + path).rstrip())
+    lines = resp.splitlines()
+    assert lines[0].startswith("213-"), resp
+    assert lines[-1].startswith("213 "), resp
+    out = {}
+    for line in lines[1:-1]:
+        k, _, v = line.strip().partition("=")
+        out[k] = v
+    return out
+
+
+def stor(f: ftplib.FTP, name: str, data: bytes, rest: int | None = None) -> str:
+    """STOR (after REST when given); a 4xx/5xx reply raises."""
+    return f.storbinary(f"STOR {name}", io.BytesIO(data), rest=rest)
+
+
+def appe(f: ftplib.FTP, name: str, data: bytes) -> str:
+    return f.storbinary(f"APPE {name}", io.BytesIO(data))
+
+
+def declared_upload(f: ftplib.FTP, name: str, data: bytes) -> None:
+    """`SITE KEY` with the data's CRC, then a STOR that must end in 226."""
+    f.sendcmd(f"SITE KEY {key(crc32(data))}")
+    assert stor(f, name, data).startswith("226")
+
+
+def upload(srv, name: str, data: bytes, declare: bool = True) -> str:
+    """A complete upload on its own connection, declaring the data's KEY first unless told not
+    to; returns the 226."""
+    f = srv.ftp()
+    try:
+        if declare:
+            assert f.sendcmd(f"SITE KEY {key(crc32(data))}").startswith("230")
+        reply = stor(f, name, data)
+        assert reply.startswith("226"), reply
+        return reply
+    finally:
+        f.quit()
+
+
+def start_upload(f: ftplib.FTP, name: str, declared: int | None = None, rest: int | None = None) -> socket.socket:
+    """Declares the KEY `declared` when given, then starts a binary `STOR name` (after REST when
+    given) and returns its data connection: the caller sends, closes and reads the reply."""
+    if declared is not None:
+        f.sendcmd(f"SITE KEY {key(declared)}")
+    f.voidcmd("TYPE I")
+    return f.transfercmd(f"STOR {name}", rest)
+
+
+def final_reply(f: ftplib.FTP) -> str:
+    """The reply that ends a transfer; an error reply is returned as its text, not raised."""
+    try:
+        return f.voidresp()
+    except ftplib.Error as e:
+        return str(e)
+
+
+def transfer_reply(f: ftplib.FTP, cmd: str, data: bytes, rest: int | None = None) -> str:
+    """Runs an upload command (`STOR name`, `APPE name`; REST first when given) and returns its
+    final reply, whatever it is. The server may refuse before or after the data connection
+    opens, or stop reading early (a full disk): then sending hits a closed socket, and the reply
+    still comes."""
+    f.voidcmd("TYPE I")
+    try:
+        conn = f.transfercmd(cmd, rest)
+    except ftplib.Error as e:
+        return str(e)
+    try:
+        conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    return final_reply(f)
+
+
+def refused(f: ftplib.FTP, cmd: str, data: bytes, rest: int | None = None, declared: int | None = None) -> str:
+    """An upload the server must refuse (a resume onto other bytes, past the end, with another
+    KEY): declares the KEY `declared` when given, runs `cmd` as transfer_reply() does, asserts a
+    5xx reply and returns it."""
+    if declared is not None:
+        f.sendcmd(f"SITE KEY {key(declared)}")
+    reply = transfer_reply(f, cmd, data, rest)
+    assert reply.startswith("5"), reply
+    return reply
+
+
+def retr(f: ftplib.FTP, name: str, rest: int | None = None) -> bytes:
+    """RETR (from `rest` when given); the transfer must end in 226."""
+    got = bytearray()
+    assert f.retrbinary(f"RETR {name}", got.extend, rest=rest).startswith("226")
+    return bytes(got)
+
+
+def send_paced(conn: socket.socket, data: bytes, rate: float, chunk: int = 64 << 10, halt=None) -> int:
+    """Sends `data` at about `rate` bytes/s until done, `halt` (a threading.Event) is set or the
+    server stops reading; returns the bytes sent."""
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        while sent < len(data) and not (halt and halt.is_set()):
+            piece = data[sent : sent + chunk]
+            conn.sendall(piece)
+            sent += len(piece)
+            time.sleep(max(0.0, sent / rate - (time.monotonic() - t0)))
+    except OSError:
+        pass
+    return sent
+
+
+# -- raw sockets ---------------------------------------------------------------------------------
+
+
+def rst_close(sock: socket.socket) -> None:
+    """Closes with a TCP reset, as a dropped link looks to the server."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def raw_control(host: str, port: int, timeout: float = 10):
+    """A control connection past its 220 greeting: the socket and a binary reader of its lines."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    r = s.makefile("rb")
+    assert r.readline().startswith(b"220")
+    return s, r
+
+
+def raw_dialogue(port: int, lines: list[bytes], login: tuple[str, str] | None = None) -> list[bytes]:
+    """Sends each line on a fresh control connection (logged in first when given) and returns
+    each raw reply line."""
+    s, r = raw_control("127.0.0.1", port)
+    replies = []
+    if login:
+        s.sendall(b"USER %s\r\n" % login[0].encode())
+        assert r.readline().startswith(b"331")
+        s.sendall(b"PASS %s\r\n" % login[1].encode())
+        assert r.readline().startswith(b"230")
+    for line in lines:
+        s.sendall(line)
+        replies.append(r.readline())
+    s.close()
+    return replies
+
+
+# -- stb-upload ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int
+    result: dict
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}, {self.result}, stderr:\n{self.stderr}"
+
+
+def stb_upload(
+    port: int, remote: str, local: Path, *args: str, user: str = "alice", password: str | None = None, timeout=300
+) -> Run:
+    """Runs stb-upload with --json; the password goes through --password-stdin."""
+    password = USERS[user] if password is None else password
+    proc = subprocess.run(
+        [str(STB_UPLOAD), "--json", "--password-stdin", *args, f"ftp://{user}@127.0.0.1:{port}/{remote}", str(local)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k != "STB_PASSWORD"},
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got {proc.stdout!r}; stderr:\n{proc.stderr}"
+    result = json.loads(lines[0])
+    assert result["exit_code"] == proc.returncode, (result, proc.returncode)
+    assert result["ok"] == (proc.returncode == 0), result
+    return Run(proc.returncode, result, proc.stderr)
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+def wait_listening(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float = 20, log=None) -> None:
+    """Returns once a connection to host:port gets its first bytes; raises if `proc` exits or
+    `timeout` passes first (with `log()`, the server's log, when given)."""
+    tail = (lambda: ":\n" + log()) if log else (lambda: "")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}{tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.recv(100)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening{tail()}")
+
+
+def wait_for_disk_size(path, at_least: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> int:
+    """The size of `path` once the server has written at least `at_least` bytes to it; with
+    `proc`, the client sending them must not end before."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        size = path.stat().st_size if path.exists() else 0
+        if size >= at_least:
+            return size
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"client ended early with {proc.returncode}: {err}")
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {at_least} bytes")
+
+
+def kill_once_stored(proc: subprocess.Popen, path, at_least: int, timeout: float = 20) -> None:
+    """Waits until the client `proc` has got `at_least` bytes of its upload stored at `path`,
+    then kills it with SIGKILL (a box that loses power)."""
+    wait_for_disk_size(path, at_least, timeout, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def wait_for_settled_size(f: ftplib.FTP, path: str, timeout: float = 10) -> int:
+    """SIZE once the server has stored what a dropped transfer sent (a box reconnects later
+    than a test does)."""
+    deadline = time.time() + timeout
+    last = -1
+    while True:
+        try:
+            size = int(f.sendcmd(f"SIZE {path}").split()[1])
+        except ftplib.error_perm:
+            size = -1
+        if size == last and size >= 0 or time.time() > deadline:
+            return size
+        last = size
+        time.sleep(0.2)
+
+
+def wait_for_log(srv, text: str, count: int = 1, timeout: float = 10) -> None:
+    """Returns once the server's log holds `text` `count` times."""
+    deadline = time.time() + timeout
+    while srv.log().count(text) < count:
+        assert time.time() < deadline, f"{text!r} not logged:\n{srv.log()}"
+        time.sleep(0.05)
