@@ -267,4 +267,3 @@ impl StorageBackend<FtpUser> for KeyStorage {
         Ok(())
     }
 }
-

@@ -47,6 +47,8 @@ struct Raw {
     data_idle_timeout: u64,
     keepalive: u64,
     password_threads: u32,
+    login_cache_entries: u64,
+    login_cache_seconds: u64,
     log_level: String,
     log_format: String,
     idle_timeout: u64,
@@ -96,6 +98,9 @@ pub struct Settings {
     pub keepalive: Option<Duration>,
     /// Threads that check passwords (PBKDF2), off the async workers.
     pub password_threads: usize,
+    /// Verified logins remembered (one per user), and for how long; either 0 = no cache.
+    pub login_cache_entries: usize,
+    pub login_cache_lifetime: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     pub idle_timeout: Duration,
@@ -127,7 +132,8 @@ impl Settings {
 
     /// The front's settings, for libunftp listening on `backend`.
     pub fn front_config(&self, backend: SocketAddr) -> crate::front::FrontConfig {
-        let mut cfg = crate::front::FrontConfig::new(self.listen, self.passive_ports.clone(), backend);
+        let mut cfg =
+            crate::front::FrontConfig::new(self.listen, self.passive_ports.clone(), backend);
         cfg.passive_host = self.passive_host;
         cfg.login_failures = self.failed_logins_max;
         cfg.login_failures_per_address = self.failed_logins_per_address;
@@ -269,6 +275,18 @@ impl Settings {
                 "must be between 0 (one per core) and 256",
             ));
         }
+        if r.login_cache_entries > 1_000_000 {
+            return Err(bad(
+                "login_cache_entries",
+                "must be between 0 (no cache) and 1000000",
+            ));
+        }
+        if r.login_cache_seconds > 86_400 {
+            return Err(bad(
+                "login_cache_seconds",
+                "must be between 0 (no cache) and 86400 (one day)",
+            ));
+        }
         crate::users::validate_name(&r.initial_user)
             .map_err(|e| bad("initial_user", e.to_string()))?;
         for (key, p) in [
@@ -321,6 +339,8 @@ impl Settings {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n as usize,
             },
+            login_cache_entries: r.login_cache_entries as usize,
+            login_cache_lifetime: Duration::from_secs(r.login_cache_seconds),
             log_level: r.log_level,
             log_format,
             idle_timeout: Duration::from_secs(r.idle_timeout),
@@ -375,6 +395,14 @@ mod tests {
         assert_eq!(s.passive_ports, 50000..=50100);
         assert!(s.fsync);
         assert!(!s.anonymous);
+        assert_eq!(
+            s.login_cache_entries,
+            crate::users::DEFAULT_LOGIN_CACHE_ENTRIES
+        );
+        assert_eq!(
+            s.login_cache_lifetime,
+            crate::users::DEFAULT_LOGIN_CACHE_LIFETIME
+        );
     }
 
     #[test]
@@ -414,6 +442,9 @@ mod tests {
                 "max_connections_per_address",
             ),
             ("FTPD_PASSWORD_THREADS", "1000", "password_threads"),
+            ("FTPD_LOGIN_CACHE_ENTRIES", "2000000", "login_cache_entries"),
+            ("FTPD_LOGIN_CACHE_ENTRIES", "-1", "login_cache_entries"),
+            ("FTPD_LOGIN_CACHE_SECONDS", "100000", "login_cache_seconds"),
         ] {
             let e = Settings::load_from(None, env(&[(k, v)]))
                 .unwrap_err()

@@ -104,11 +104,7 @@ impl KeySession {
     }
 
     /// Runs one KEY command, looking files up in `files`.
-    pub async fn command(
-        &self,
-        files: Files,
-        cmd: KeyCommand<'_>,
-    ) -> Result<KeyOutcome, KeyError> {
+    pub async fn command(&self, files: Files, cmd: KeyCommand<'_>) -> Result<KeyOutcome, KeyError> {
         let resolve = |p: &str| -> Result<String, KeyError> {
             let cwd = self.said().cwd.clone();
             Ok(paths::resolve_file(&cwd, Path::new(p))?)

@@ -1,14 +1,14 @@
 //! Wires libunftp, the storage back-end, accounts and the KEY handlers together, and runs the
 //! server until SIGTERM / Ctrl-C.
 
-use crate::config::Settings;
-use crate::handoff::Handoff;
-use crate::site_hash::SiteHash;
-use crate::site_key::SiteKey;
 use crate::backend::KeyStorage;
-use crate::records::{RecordStore, RedbStore, StoreError};
+use crate::config::Settings;
 use crate::context::Services;
 use crate::drain::ReplyWatcher;
+use crate::handoff::Handoff;
+use crate::records::{RecordStore, RedbStore, StoreError};
+use crate::site_hash::SiteHash;
+use crate::site_key::SiteKey;
 use crate::users::{self, HomeProvider, UsersAuthenticator, UsersError, UsersFile};
 use libunftp::options::{FailedLoginsBlock, FailedLoginsPolicy, Shutdown};
 use libunftp::ServerBuilder;
@@ -83,9 +83,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&s.state_dir, s.fsync)?);
     let report = {
         let (store, root) = (store.clone(), s.root.clone());
-        tokio::task::spawn_blocking(move || crate::records::recovery::recover(store.as_ref(), &root))
-            .await
-            .map_err(|e| StoreError::from(redb::Error::Io(std::io::Error::other(e))))??
+        tokio::task::spawn_blocking(move || {
+            crate::records::recovery::recover(store.as_ref(), &root)
+        })
+        .await
+        .map_err(|e| StoreError::from(redb::Error::Io(std::io::Error::other(e))))??
     };
     if report.reconciled + report.removed > 0 {
         tracing::info!(
@@ -99,11 +101,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         s.upload_config(),
         s.front.then(|| Arc::new(Handoff::default())),
     ));
-    let authenticator = Arc::new(UsersAuthenticator::new(
-        s.users_file.clone(),
-        s.anonymous,
-        s.password_threads,
-    )?);
+    let authenticator = Arc::new(
+        UsersAuthenticator::new(s.users_file.clone(), s.anonymous, s.password_threads)?
+            .with_login_cache(s.login_cache_entries, s.login_cache_lifetime),
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
 
     let generator_shared = services.clone();

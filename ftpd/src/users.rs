@@ -1,5 +1,8 @@
 //! Accounts: the users file (unftp-auth-jsonfile's format, PBKDF2-hashed passwords), the
-//! authenticator that reloads it when it changes, and the user type with its home directory.
+//! authenticator that reloads it when it changes (with its login cache), and the user type with
+//! its home directory.
+
+mod login_cache;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -8,8 +11,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 use unftp_auth_jsonfile::JsonFileAuthenticator;
 use unftp_core::auth::{
@@ -19,6 +23,12 @@ use unftp_core::auth::{
 
 /// PBKDF2-HMAC-SHA256 rounds for new passwords: a login costs a few tens of milliseconds.
 pub const DEFAULT_ITERATIONS: u32 = 100_000;
+
+/// Verified logins kept by default: one per user, a few hundred bytes each.
+pub const DEFAULT_LOGIN_CACHE_ENTRIES: usize = 10_000;
+
+/// How long a verified login is kept by default.
+pub const DEFAULT_LOGIN_CACHE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// A logged-in account, confined to `home` (`<root>/<name>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,6 +289,11 @@ impl Hash {
         })
     }
 
+    /// What the login cache keeps for `user` and `password` checked against this hash.
+    fn presented(&self, user: &str, password: &str) -> login_cache::Presented {
+        login_cache::Presented::new(user, password, &self.salt, &self.key, self.iterations.get())
+    }
+
     /// True when `password` is the one hashed: tens of milliseconds of CPU, by design.
     fn verify(&self, password: &str) -> bool {
         ring::pbkdf2::verify(
@@ -305,6 +320,8 @@ struct Accounts {
     checked: JsonFileAuthenticator,
     /// Random per load, never sent anywhere.
     token: String,
+    /// Which load of the file this is; the login cache serves only the current one.
+    generation: u64,
 }
 
 impl fmt::Debug for Accounts {
@@ -316,7 +333,7 @@ impl fmt::Debug for Accounts {
 }
 
 impl Accounts {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str, generation: u64) -> Result<Self, String> {
         let file = JsonFileAuthenticator::from_json(text).map_err(|e| e.to_string())?;
         let mut entries: Vec<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -349,40 +366,95 @@ impl Accounts {
             hashes,
             checked,
             token,
+            generation,
         })
     }
 }
 
-/// Authenticates against the users file, reloading it when its modification time changes,
-/// so `ftpd user add` takes effect without a restart. Password hashes are checked on a
-/// [`PasswordPool`], never on the async workers.
+/// When the users file last changed: a reload is due when any of these differ. `ftpd user`
+/// replaces the file (a new inode) even when the change falls within one timestamp tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+    inode: (u64, u64),
+}
+
+impl FileStamp {
+    /// None when the file cannot be read (a missing file is no users).
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            changed: (m.ctime(), m.ctime_nsec()),
+            len: m.len(),
+            inode: (m.dev(), m.ino()),
+        })
+    }
+}
+
+/// Authenticates against the users file, reloading it when it changes (modification or change
+/// time, size or inode), so `ftpd user add` takes effect without a restart. Password hashes are
+/// checked on a [`PasswordPool`], never on the async workers; a login that was verified lately
+/// is recognised by the login cache instead (see `docs/operations.md`, Logins).
 #[derive(Debug)]
 pub struct UsersAuthenticator {
     path: PathBuf,
     anonymous: bool,
-    current: RwLock<(Option<SystemTime>, Arc<Accounts>)>,
+    current: RwLock<(Option<FileStamp>, Arc<Accounts>)>,
+    /// The next [`Accounts::generation`].
+    loads: AtomicU64,
     pool: PasswordPool,
+    cache: login_cache::LoginCache,
+    /// PBKDF2 checks run so far.
+    pbkdf2_checks: Arc<AtomicU64>,
 }
 
 impl UsersAuthenticator {
     /// Loads the users file now, so a broken file stops start-up. Passwords are checked on
-    /// `password_threads` threads at most.
+    /// `password_threads` threads at most. The login cache has its default bounds
+    /// ([`DEFAULT_LOGIN_CACHE_ENTRIES`], [`DEFAULT_LOGIN_CACHE_LIFETIME`]); see
+    /// [`UsersAuthenticator::with_login_cache`].
     pub fn new(
         path: PathBuf,
         anonymous: bool,
         password_threads: usize,
     ) -> Result<Self, UsersError> {
-        let (mtime, accounts) = Self::load(&path)?;
+        let (stamp, accounts) = Self::load(&path, 0)?;
+        let cache = login_cache::LoginCache::new(
+            DEFAULT_LOGIN_CACHE_ENTRIES,
+            DEFAULT_LOGIN_CACHE_LIFETIME,
+            accounts.generation,
+        )
+        .map_err(|_| UsersError::Random)?;
         Ok(UsersAuthenticator {
             path,
             anonymous,
-            current: RwLock::new((mtime, Arc::new(accounts))),
+            current: RwLock::new((stamp, Arc::new(accounts))),
+            loads: AtomicU64::new(1),
             pool: PasswordPool::new(password_threads),
+            cache,
+            pbkdf2_checks: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    fn load(path: &Path) -> Result<(Option<SystemTime>, Accounts), UsersError> {
-        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    /// Keeps at most `entries` verified logins, each for `lifetime`; either 0 turns the cache
+    /// off (every login runs PBKDF2).
+    pub fn with_login_cache(mut self, entries: usize, lifetime: Duration) -> Self {
+        self.cache.configure(entries, lifetime);
+        self
+    }
+
+    /// PBKDF2 checks run so far (logins the cache did not answer), for tests and diagnostics.
+    pub fn pbkdf2_checks(&self) -> u64 {
+        self.pbkdf2_checks.load(Ordering::Relaxed)
+    }
+
+    fn load(path: &Path, generation: u64) -> Result<(Option<FileStamp>, Accounts), UsersError> {
+        // The stamp is taken before reading, so a change while reading triggers another load.
+        let stamp = FileStamp::of(path);
         let text = match std::fs::read_to_string(path) {
             Ok(t) if !t.trim().is_empty() => t,
             Ok(_) => "[]".to_string(),
@@ -394,28 +466,35 @@ impl UsersAuthenticator {
                 })
             }
         };
-        let accounts = Accounts::parse(&text).map_err(|reason| UsersError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok((mtime, accounts))
+        let accounts =
+            Accounts::parse(&text, generation).map_err(|reason| UsersError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        Ok((stamp, accounts))
     }
 
+    /// The accounts of the users file as it is now, reloading it (and emptying the login
+    /// cache) if it changed.
     fn accounts(&self) -> Arc<Accounts> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let stamp = FileStamp::of(&self.path);
         {
             let cur = self.current.read().unwrap_or_else(|p| p.into_inner());
-            if cur.0 == mtime {
+            if cur.0 == stamp {
                 return cur.1.clone();
             }
         }
-        match Self::load(&self.path) {
+        let generation = self.loads.fetch_add(1, Ordering::Relaxed);
+        match Self::load(&self.path, generation) {
             Ok((m, accounts)) => {
                 let accounts = Arc::new(accounts);
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = (m, accounts.clone());
-                tracing::info!(path = %self.path.display(), "users file reloaded");
+                let dropped = {
+                    let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+                    *cur = (m, accounts.clone());
+                    // Under the same lock: the cache always serves the accounts now current.
+                    self.cache.clear(generation)
+                };
+                tracing::info!(path = %self.path.display(), login_cache_dropped = dropped, "users file reloaded");
                 accounts
             }
             Err(e) => {
@@ -427,6 +506,50 @@ impl UsersAuthenticator {
                     .clone()
             }
         }
+    }
+
+    /// True when `password` is `username`'s: from the login cache when this exact user,
+    /// password and stored hash were verified lately, otherwise PBKDF2 on the pool (a success
+    /// is then cached; a failure never is).
+    async fn password_is_right(
+        &self,
+        accounts: &Accounts,
+        username: &str,
+        password: &str,
+        hash: &Arc<Hash>,
+    ) -> Result<bool, AuthenticationError> {
+        let presented = self
+            .cache
+            .enabled()
+            .then(|| hash.presented(username, password));
+        if let Some(p) = &presented {
+            if self
+                .cache
+                .contains(accounts.generation, username, p, Instant::now())
+            {
+                tracing::debug!(user = username, "password matched the login cache");
+                return Ok(true);
+            }
+        }
+        let (pw, h, checks) = (
+            password.to_string(),
+            hash.clone(),
+            self.pbkdf2_checks.clone(),
+        );
+        let right = self
+            .pool
+            .run(move || {
+                checks.fetch_add(1, Ordering::Relaxed);
+                h.verify(&pw)
+            })
+            .await
+            .map_err(|e| AuthenticationError::with_source("password check", e))?;
+        tracing::debug!(user = username, right, "password checked with PBKDF2");
+        if let (true, Some(p)) = (right, &presented) {
+            self.cache
+                .insert(accounts.generation, username, p, Instant::now());
+        }
+        Ok(right)
     }
 }
 
@@ -449,12 +572,9 @@ impl Authenticator for UsersAuthenticator {
         let (Some(password), Some(hash)) = (&creds.password, accounts.hashes.get(username)) else {
             return accounts.file.authenticate(username, creds).await;
         };
-        let (password, hash) = (password.clone(), hash.clone());
         let right = self
-            .pool
-            .run(move || hash.verify(&password))
-            .await
-            .map_err(|e| AuthenticationError::with_source("password check", e))?;
+            .password_is_right(&accounts, username, password, hash)
+            .await?;
         let mut creds = creds.clone();
         creds.password = Some(if right {
             accounts.token.clone()
@@ -742,5 +862,264 @@ mod tests {
         let a = generate_password().unwrap();
         assert_eq!(a.len(), 20);
         assert_ne!(a, generate_password().unwrap());
+    }
+
+    // -- the login cache -------------------------------------------------------------------
+
+    /// A users file with `users` (name, password) at 1,000 rounds.
+    fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+        let path = dir.join("users.json");
+        let mut f = UsersFile::load(&path).unwrap();
+        for (name, pw) in users {
+            f.add(name, pw, NonZeroU32::new(1000).unwrap()).unwrap();
+        }
+        f.save().unwrap();
+        path
+    }
+
+    /// Logs `user` in with each password at once (failures wait 1.5 s each; together, once).
+    async fn logins(auth: &Arc<UsersAuthenticator>, user: &str, passwords: &[&str]) -> Vec<bool> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, pw) in passwords.iter().enumerate() {
+            let (auth, user, pw) = (auth.clone(), user.to_string(), pw.to_string());
+            set.spawn(async move { (i, auth.authenticate(&user, &creds(&pw)).await.is_ok()) });
+        }
+        let mut out = vec![false; passwords.len()];
+        while let Some(r) = set.join_next().await {
+            let (i, ok) = r.unwrap();
+            out[i] = ok;
+        }
+        out
+    }
+
+    /// "Fast" without a clock: a login the cache answers runs no PBKDF2 at all.
+    #[tokio::test]
+    async fn a_login_after_a_success_is_a_cache_hit_without_pbkdf2() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = authenticator(users_file(dir.path(), &[("boxa", "pw"), ("boxb", "pw")]), 2);
+        assert_eq!(auth.pbkdf2_checks(), 0);
+        assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 1);
+        for _ in 0..100 {
+            assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+        }
+        assert_eq!(auth.pbkdf2_checks(), 1, "100 logins answered by the cache");
+        // Another user with the same password is another entry.
+        assert!(auth.authenticate("boxb", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 2);
+        assert_eq!(auth.cache.len(), 2);
+    }
+
+    /// Wrong passwords always run PBKDF2 and fail, before and after a success, and never
+    /// add an entry, however many distinct ones come.
+    #[tokio::test]
+    async fn wrong_passwords_miss_and_are_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Arc::new(authenticator(users_file(dir.path(), &[("boxa", "pw")]), 2));
+        let wrong: Vec<String> = (0..40).map(|i| format!("wrong-{i}")).collect();
+        let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+        assert!(logins(&auth, "boxa", &wrong).await.iter().all(|ok| !ok));
+        assert_eq!(auth.pbkdf2_checks(), 40);
+        assert_eq!(auth.cache.len(), 0, "a failure is never cached");
+
+        assert_eq!(logins(&auth, "boxa", &["pw"]).await, [true]);
+        assert_eq!(auth.pbkdf2_checks(), 41);
+        let near = ["pw ", " pw", "p", "PW", "", "pwpw", "wrong-0"];
+        let got = logins(&auth, "boxa", &near).await;
+        assert!(got.iter().all(|ok| !ok), "{got:?}");
+        assert_eq!(
+            auth.pbkdf2_checks(),
+            41 + near.len() as u64,
+            "each wrong one checked"
+        );
+        assert_eq!(auth.cache.len(), 1);
+        // The right password's entry survived the wrong ones.
+        assert_eq!(logins(&auth, "boxa", &["pw"]).await, [true]);
+        assert_eq!(auth.pbkdf2_checks(), 41 + near.len() as u64);
+        // HMAC pads short keys with zeros, so PBKDF2 takes "pw\0" for "pw": the users file
+        // accepts it with or without the cache. The cache still answers only the exact bytes
+        // it verified: this one is checked with PBKDF2.
+        assert_eq!(logins(&auth, "boxa", &["pw\0"]).await, [true]);
+        assert_eq!(auth.pbkdf2_checks(), 42 + near.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn cached_logins_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = authenticator(users_file(dir.path(), &[("boxa", "pw")]), 1)
+            .with_login_cache(100, std::time::Duration::from_millis(50));
+        assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+        assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 1);
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 2, "expired: checked again");
+        // (The lifetime itself is tested with an explicit clock in login_cache.)
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_at_most_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..10).map(|i| format!("box{i}")).collect();
+        let users: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "pw")).collect();
+        let auth = authenticator(users_file(dir.path(), &users), 2)
+            .with_login_cache(3, DEFAULT_LOGIN_CACHE_LIFETIME);
+        for n in &names {
+            assert!(auth.authenticate(n, &creds("pw")).await.is_ok());
+            assert!(auth.cache.len() <= 3);
+        }
+        assert_eq!(auth.pbkdf2_checks(), 10);
+        // The last three are held, the first was evicted.
+        assert!(auth.authenticate("box9", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 10);
+        assert!(auth.authenticate("box0", &creds("pw")).await.is_ok());
+        assert_eq!(auth.pbkdf2_checks(), 11);
+        assert_eq!(auth.cache.len(), 3);
+    }
+
+    /// `ftpd user del` + `ftpd user add` with a new password: the old password is refused at
+    /// the next login, the new one accepted; a removed user is refused at once.
+    #[tokio::test]
+    async fn a_changed_users_file_empties_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_file(dir.path(), &[("boxa", "old"), ("boxb", "pw")]);
+        let auth = Arc::new(authenticator(path.clone(), 2));
+        assert_eq!(logins(&auth, "boxa", &["old", "old"]).await, [true, true]);
+        assert_eq!(logins(&auth, "boxb", &["pw"]).await, [true]);
+        assert_eq!(auth.cache.len(), 2);
+
+        // No pause: the file is replaced (another inode), so even a change within one
+        // timestamp tick is seen.
+        let mut f = UsersFile::load(&path).unwrap();
+        f.remove("boxa").unwrap();
+        f.remove("boxb").unwrap();
+        f.add("boxa", "new", NonZeroU32::new(1000).unwrap())
+            .unwrap();
+        f.save().unwrap();
+        let before = auth.pbkdf2_checks();
+        assert_eq!(logins(&auth, "boxa", &["old"]).await, [false]);
+        assert_eq!(logins(&auth, "boxb", &["pw"]).await, [false], "removed");
+        assert_eq!(
+            auth.pbkdf2_checks(),
+            before + 1,
+            "old password checked, not cached"
+        );
+        assert_eq!(logins(&auth, "boxa", &["new", "old"]).await, [true, false]);
+        assert_eq!(logins(&auth, "boxa", &["new"]).await, [true]);
+        assert_eq!(
+            auth.pbkdf2_checks(),
+            before + 3,
+            "the new password cached after one check"
+        );
+        assert_eq!(auth.cache.len(), 1);
+
+        // The same password with a new salt (user re-added unchanged): a new record, checked again.
+        let mut f = UsersFile::load(&path).unwrap();
+        f.remove("boxa").unwrap();
+        f.add("boxa", "new", NonZeroU32::new(1000).unwrap())
+            .unwrap();
+        f.save().unwrap();
+        assert_eq!(logins(&auth, "boxa", &["new"]).await, [true]);
+        assert_eq!(auth.pbkdf2_checks(), before + 4);
+    }
+
+    /// A password check that was running while the file changed does not fill the new cache.
+    #[tokio::test]
+    async fn a_check_begun_before_a_change_is_not_cached_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_file(dir.path(), &[("boxa", "pw")]);
+        let auth = authenticator(path.clone(), 1);
+        let old = auth.accounts();
+        let hash = old.hashes["boxa"].clone();
+        // The file changes (same password, new record) and is reloaded ...
+        let mut f = UsersFile::load(&path).unwrap();
+        f.remove("boxa").unwrap();
+        f.add("boxa", "pw", NonZeroU32::new(1000).unwrap()).unwrap();
+        f.save().unwrap();
+        assert_ne!(auth.accounts().generation, old.generation);
+        // ... before the check on the old accounts ends.
+        assert!(auth
+            .password_is_right(&old, "boxa", "pw", &hash)
+            .await
+            .unwrap());
+        assert_eq!(auth.cache.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_logins_of_one_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Arc::new(authenticator(users_file(dir.path(), &[("boxa", "pw")]), 4));
+        // Cold: all succeed; each may run its own check (at most one per login), one entry.
+        assert!(logins(&auth, "boxa", &["pw"; 16])
+            .await
+            .iter()
+            .all(|ok| *ok));
+        let cold = auth.pbkdf2_checks();
+        assert!((1..=16).contains(&cold), "{cold}");
+        assert_eq!(auth.cache.len(), 1);
+        // Warm, with wrong passwords mixed in: the right ones cost no check, the wrong ones
+        // one each and fail.
+        let mut mixed = vec!["pw"; 64];
+        for i in (0..64).step_by(8) {
+            mixed[i] = "pW";
+        }
+        let got = logins(&auth, "boxa", &mixed).await;
+        for (pw, ok) in mixed.iter().zip(&got) {
+            assert_eq!(*ok, *pw == "pw", "{pw}");
+        }
+        assert_eq!(auth.pbkdf2_checks(), cold + 8);
+        assert_eq!(auth.cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_cache_checks_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_file(dir.path(), &[("boxa", "pw")]);
+        for auth in [
+            authenticator(path.clone(), 1).with_login_cache(0, DEFAULT_LOGIN_CACHE_LIFETIME),
+            authenticator(path.clone(), 1).with_login_cache(100, std::time::Duration::ZERO),
+        ] {
+            for _ in 0..3 {
+                assert!(auth.authenticate("boxa", &creds("pw")).await.is_ok());
+            }
+            assert_eq!(auth.pbkdf2_checks(), 3);
+            assert_eq!(auth.cache.len(), 0);
+        }
+    }
+
+    /// A cache hit stands for the PBKDF2 check only: the address ranges still apply.
+    #[tokio::test]
+    async fn a_cached_password_still_meets_the_rest_of_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_file(dir.path(), &[("boxa", "pw")]);
+        let mut entries: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        entries[0]["allowed_ip_ranges"] = serde_json::json!(["10.0.0.0/8"]);
+        std::fs::write(&path, serde_json::to_string(&entries).unwrap()).unwrap();
+        let auth = authenticator(path, 1);
+        let inside = Credentials {
+            source_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            ..creds("pw")
+        };
+        assert!(auth.authenticate("boxa", &inside).await.is_ok());
+        assert!(auth.authenticate("boxa", &inside).await.is_ok());
+        let outside = auth.authenticate("boxa", &creds("pw")).await;
+        assert!(
+            matches!(outside, Err(AuthenticationError::IpDisallowed)),
+            "{outside:?}"
+        );
+        assert_eq!(auth.pbkdf2_checks(), 1);
+    }
+
+    #[tokio::test]
+    async fn anonymous_logins_do_not_touch_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth =
+            UsersAuthenticator::new(users_file(dir.path(), &[("boxa", "pw")]), true, 1).unwrap();
+        for name in ["anonymous", "ftp"] {
+            let p = auth.authenticate(name, &creds("me@example.com")).await;
+            assert_eq!(p.unwrap().username, "anonymous");
+        }
+        assert_eq!((auth.pbkdf2_checks(), auth.cache.len()), (0, 0));
     }
 }
