@@ -7,8 +7,7 @@
 
 use crate::paths;
 use crate::records::{FileId, Record, RecordStore, StoreError};
-use crate::upload::{crc_of_prefix, crc_of_range};
-use crc_tools::{combine, State};
+use crc_tools::{combine, crc_of_file_range, State};
 use std::io;
 use std::path::Path;
 use std::time::SystemTime;
@@ -42,11 +41,12 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
             }
         };
         let outcome = (|| -> io::Result<(u64, u32, u64, FileId)> {
+            let mut buf = vec![0u8; 1 << 20];
             let meta = file.metadata()?;
             let len = meta.len();
             let id = FileId::of(&meta);
             Ok(if len >= rec.size {
-                let tail = crc_of_range(&file, rec.size, len)?;
+                let tail = crc_of_file_range(&file, rec.size..len, &mut buf)?;
                 (
                     len,
                     combine(rec.crc, tail, len - rec.size),
@@ -55,7 +55,7 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
                 )
             } else {
                 // Only possible when data was not fsynced before a power cut: recount it all.
-                (len, crc_of_prefix(&file, len)?, len, id)
+                (len, crc_of_file_range(&file, 0..len, &mut buf)?, len, id)
             })
         })();
         match outcome {

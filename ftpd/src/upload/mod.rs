@@ -1,0 +1,400 @@
+//! The upload write path: large buffers, the CRC of the bytes as they reach the file, periodic
+//! checkpoints, fsync before success, verification against the declared CRC, and the resume
+//! guards. It replaces unftp-sbe-fs's `put` (4 KiB buffers, no fsync, zero-filled holes) while
+//! keeping its confinement: files are opened through the user's `cap_std` root handle.
+//!
+//! [`run`] is the protocol: acquire the file, open it under the resume guards (`guard`),
+//! stream the bytes through the double buffer (`pipeline`), record the result, reply.
+
+mod direct_io;
+mod guard;
+mod open;
+mod pipeline;
+
+pub use open::sync_parent;
+
+use crate::context::Services;
+use crate::records::{FileId, Record, StoreError};
+use crate::writers::{Busy, WriteLock};
+use cap_std::fs::Dir;
+use crc_tools::{Crc32, KeyValue, State};
+use direct_io::recycle_page_cache;
+use open::{open_for_upload, Opened};
+use pipeline::{Ending, Pipeline, Streamed};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+
+/// One upload as the session asks for it.
+#[derive(Debug)]
+pub struct Request {
+    pub user: String,
+    /// Normalised path within the user's root.
+    pub path: String,
+    /// REST offset (APPE: the current size).
+    pub start_pos: u64,
+    /// The CRC this session declared for the file, if any.
+    pub declared: Option<u32>,
+}
+
+/// Why an upload was refused or did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error("REST {rest} is beyond the stored size {size}")]
+    RestBeyondEnd { rest: u64, size: u64 },
+    #[error("resume refused: the file was declared {stored}, this session declared {declared}")]
+    KeyConflict {
+        stored: KeyValue,
+        declared: KeyValue,
+    },
+    #[error("verification failed: declared {declared}, the stored file has {actual}")]
+    Mismatch {
+        declared: KeyValue,
+        actual: KeyValue,
+    },
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("transfer interrupted after {stored} bytes were stored")]
+    Interrupted { stored: u64 },
+    #[error("no data for {idle:?}: transfer stopped after {stored} bytes were stored")]
+    Stalled { stored: u64, idle: Duration },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs one upload to its end. Cancel-safe by construction: the caller spawns it as a task
+/// and cancels `abort` instead of dropping it, so every exit path records what is stored.
+pub async fn run<R>(
+    services: Arc<Services>,
+    root: Arc<Dir>,
+    req: Request,
+    mut reader: R,
+    abort: CancellationToken,
+) -> Result<u64, UploadError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let lock = acquire(&services, &req, &abort).await?;
+    let opened = open_guarded(&services, &root, &req).await?;
+    let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone())
+        .stream(&mut reader, &lock.stop, &abort)
+        .await?;
+    let outcome = record(&services, &req, streamed).await?;
+    drop(lock);
+    reply(&req, outcome, services.upload.data_idle_timeout)
+}
+
+/// Takes the file's one-writer lock, stopping a writer it holds (takeover).
+async fn acquire(
+    services: &Services,
+    req: &Request,
+    abort: &CancellationToken,
+) -> Result<WriteLock, UploadError> {
+    let key = (req.user.clone(), req.path.clone());
+    tokio::select! {
+        l = services.writers.acquire(key, services.upload.takeover_wait) => Ok(l?),
+        _ = abort.cancelled() => Err(UploadError::Interrupted { stored: req.start_pos }),
+    }
+}
+
+/// Opens the file where the resume guards allow this upload to start.
+async fn open_guarded(
+    services: &Arc<Services>,
+    root: &Arc<Dir>,
+    req: &Request,
+) -> Result<Opened, UploadError> {
+    let (services, root) = (services.clone(), root.clone());
+    let (user, path, start_pos, declared) = (
+        req.user.clone(),
+        req.path.clone(),
+        req.start_pos,
+        req.declared,
+    );
+    blocking(move || open_for_upload(&services, &root, &user, &path, start_pos, declared)).await
+}
+
+/// How the upload ended and what the file holds.
+struct Outcome {
+    ending: Ending,
+    declared: Option<u32>,
+    size: u64,
+    crc: u32,
+    state: State,
+    received: u64,
+}
+
+impl Outcome {
+    fn of(ending: Ending, crc: &Crc32, declared: Option<u32>, received: u64) -> Self {
+        let actual = crc.value();
+        let state = match (&ending, declared) {
+            (Ending::Eof, Some(d)) if d == actual => State::Verified,
+            (Ending::Eof, Some(_)) => State::Mismatch,
+            (Ending::Eof, None) => State::Complete,
+            _ => State::Partial,
+        };
+        Outcome {
+            ending,
+            declared,
+            size: crc.len(),
+            crc: actual,
+            state,
+            received,
+        }
+    }
+}
+
+/// Writes the final record once the data is durable (with fsync); the upload then leaves
+/// nothing in the page cache.
+async fn record(
+    services: &Services,
+    req: &Request,
+    streamed: Streamed,
+) -> Result<Outcome, UploadError> {
+    let Streamed {
+        ending,
+        file,
+        crc,
+        received,
+        declared,
+    } = streamed;
+    let outcome = Outcome::of(ending, &crc, declared, received);
+    let size = outcome.size;
+    let record = Record {
+        declared: outcome.declared,
+        size,
+        crc: outcome.crc,
+        state: outcome.state,
+        open: false,
+        updated: SystemTime::now(),
+        file: FileId::default(),
+    };
+    let store = services.store.clone();
+    let (user, path, fsync) = (req.user.clone(), req.path.clone(), services.upload.fsync);
+    blocking(move || {
+        if fsync {
+            file.sync_data()?;
+        }
+        // Everything is written back now (with fsync): the upload leaves nothing cached.
+        recycle_page_cache(&file, 0, size);
+        let record = record.at(FileId::of(&file.metadata()?));
+        store.put(&user, &path, &record)?;
+        Ok(())
+    })
+    .await?;
+    Ok(outcome)
+}
+
+/// The upload's result for the session, logged.
+fn reply(req: &Request, outcome: Outcome, idle: Duration) -> Result<u64, UploadError> {
+    let (user, path) = (&req.user, &req.path);
+    let Outcome {
+        ending,
+        declared,
+        size,
+        crc: actual,
+        state,
+        received,
+    } = outcome;
+    match ending {
+        Ending::Eof => match declared {
+            Some(d) if state == State::Mismatch => {
+                tracing::warn!(%user, %path, declared = %KeyValue(d), actual = %KeyValue(actual), size, "upload failed verification; bytes kept for resuming");
+                Err(UploadError::Mismatch {
+                    declared: KeyValue(d),
+                    actual: KeyValue(actual),
+                })
+            }
+            _ => {
+                tracing::info!(%user, %path, size, received, %state, "upload complete");
+                Ok(received)
+            }
+        },
+        Ending::Stopped => {
+            tracing::info!(%user, %path, size, "upload stopped (taken over, aborted or shutting down); stored bytes recorded");
+            Err(UploadError::Interrupted { stored: size })
+        }
+        Ending::ReadError(e) => {
+            tracing::info!(%user, %path, size, error = %e, "upload interrupted; stored bytes recorded");
+            Err(UploadError::Interrupted { stored: size })
+        }
+        Ending::Idle => {
+            tracing::info!(%user, %path, size, ?idle, "upload stalled: no data from the sender; stored bytes recorded");
+            Err(UploadError::Stalled { stored: size, idle })
+        }
+        Ending::WriteError(e) => {
+            tracing::warn!(%user, %path, size, error = %e, "upload failed writing; stored bytes recorded");
+            Err(e)
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool (file and store I/O must not stall the async workers).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Io(io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::UploadConfig;
+    use std::time::Instant;
+
+    pub(super) fn pattern(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    pub(super) fn config(buffer: usize, buffer_max: usize) -> UploadConfig {
+        UploadConfig {
+            buffer,
+            buffer_max,
+            checkpoint: 64 << 20,
+            fsync: false,
+            takeover_wait: Duration::from_secs(1),
+            direct_io: false,
+            data_idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A store, a root and the upload path around them, in a temporary directory.
+    fn setup(idle: Duration) -> (tempfile::TempDir, Arc<Services>, Arc<Dir>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        for d in [&root, &state] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let store = crate::records::store::RedbStore::open(&state, false).expect("store");
+        let upload = UploadConfig {
+            data_idle_timeout: idle,
+            ..config(64 << 10, 64 << 10)
+        };
+        let services = Arc::new(Services::new(Arc::new(store), upload, None));
+        let root = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).expect("root");
+        (dir, services, Arc::new(root))
+    }
+
+    fn request(path: &str, start_pos: u64, declared: Option<u32>) -> Request {
+        Request {
+            user: "u".into(),
+            path: path.into(),
+            start_pos,
+            declared,
+        }
+    }
+
+    /// A sender that goes silent with its connection open (a box that lost power) is stopped
+    /// after the idle timeout, and what it sent is stored and recorded like any interrupted
+    /// upload's.
+    #[tokio::test]
+    async fn a_silent_sender_is_stopped_and_its_bytes_recorded() {
+        let idle = Duration::from_millis(300);
+        let (_dir, services, root) = setup(idle);
+        let data = pattern(5000);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &data)
+            .await
+            .expect("send");
+        let t0 = Instant::now();
+        let req = request("/stall.ts", 0, Some(0xABCD));
+        let r = run(services.clone(), root, req, rx, CancellationToken::new()).await;
+        let took = t0.elapsed();
+        assert!(
+            matches!(r, Err(UploadError::Stalled { stored: 5000, .. })),
+            "{r:?}"
+        );
+        assert!(took >= idle && took < idle * 10, "stopped after {took:?}");
+        let rec = services
+            .store
+            .get("u", "/stall.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!(
+            (rec.size, rec.crc, rec.declared, rec.state, rec.open),
+            (
+                5000,
+                crc_tools::crc32(&data),
+                Some(0xABCD),
+                State::Partial,
+                false
+            )
+        );
+        assert_eq!(services.writers.active(), 0, "the file was let go");
+        drop(tx);
+    }
+
+    /// The deadline is on silence, not on the whole transfer.
+    #[tokio::test]
+    async fn a_slow_sender_that_keeps_sending_is_not_stopped() {
+        let idle = Duration::from_millis(300);
+        let (_dir, services, root) = setup(idle);
+        let data = pattern(8 * 100);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let sender = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                for piece in data.chunks(100) {
+                    tokio::io::AsyncWriteExt::write_all(&mut tx, piece)
+                        .await
+                        .expect("send");
+                    tokio::time::sleep(idle / 2).await;
+                }
+            })
+        };
+        let req = request("/slow.ts", 0, Some(crc_tools::crc32(&data)));
+        let r = run(services.clone(), root, req, rx, CancellationToken::new()).await;
+        sender.await.expect("sender");
+        assert_eq!(r.expect("upload"), data.len() as u64);
+        let rec = services
+            .store
+            .get("u", "/slow.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!(rec.state, State::Verified);
+    }
+
+    /// The seed's resume of a partial that holds no byte yet: `REST 0` + `STOR` without a KEY.
+    #[tokio::test]
+    async fn a_zero_byte_partial_resumes_to_verified() {
+        let (_dir, services, root) = setup(Duration::from_secs(60));
+        let data = pattern(3000);
+        let declared = crc_tools::crc32(&data);
+        let (empty, body) = (io::Cursor::new(Vec::new()), io::Cursor::new(data.clone()));
+        let first = request("/zero.ts", 0, Some(declared));
+        let r = run(
+            services.clone(),
+            root.clone(),
+            first,
+            empty,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(r, Err(UploadError::Mismatch { .. })), "{r:?}");
+        let again = request("/zero.ts", 0, None);
+        let r = run(
+            services.clone(),
+            root,
+            again,
+            body,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(r.expect("resume"), data.len() as u64);
+        let rec = services
+            .store
+            .get("u", "/zero.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!((rec.declared, rec.state), (Some(declared), State::Verified));
+    }
+}
