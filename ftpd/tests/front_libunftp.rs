@@ -2,10 +2,10 @@
 //! ports), driven over TCP: with unftp-sbe-fs (data connections relayed) and with ftpd's own
 //! storage (uploads handed over to the upload path).
 
+use ftpd::context::{Services, UploadConfig};
 use ftpd::front::{Front, FrontConfig, FrontError};
 use ftpd::handoff::Handoff;
 use ftpd::records::{RecordStore, RedbStore};
-use ftpd::context::{Services, UploadConfig};
 use ftpd::users::HomeProvider;
 use libunftp::options::{Reply, ReplyCode, SiteCommandContext, SiteCommandHandler};
 use libunftp::ServerBuilder;
