@@ -141,6 +141,12 @@ pub(super) struct Pipeline {
     progress: Arc<Mutex<Progress>>,
 }
 
+/// The bytes one buffer of a `chunk_len` chunk holds: the chunk itself, so the memory an upload
+/// holds is exactly its two buffers, and at least two blocks (one block of data, one to align).
+fn buffer_len(chunk_len: usize) -> usize {
+    chunk_len.max(2 * BLOCK)
+}
+
 impl Pipeline {
     /// A pipeline writing from `req.start_pos` on; publishes the prefix as progress.
     pub fn new(
@@ -155,9 +161,8 @@ impl Pipeline {
             file: opened.file,
             direct: opened.direct,
             crc,
-            // Room to place each chunk where memory and file offset agree modulo `BLOCK`.
-            next: vec![0u8; cfg.buffer + BLOCK],
-            spare: vec![0u8; cfg.buffer + BLOCK],
+            next: vec![0u8; buffer_len(cfg.buffer)],
+            spare: vec![0u8; buffer_len(cfg.buffer)],
             in_flight: None,
             policy: ChunkPolicy::new(cfg),
             chunk_len: cfg.buffer,
@@ -230,13 +235,15 @@ impl Pipeline {
     ) -> Fill {
         const PAUSE: Duration = ChunkPolicy::PAUSE;
         let at = self.start_pos + self.received;
-        let chunk_len = self.chunk_len;
-        if self.next.len() != chunk_len + BLOCK {
-            self.next.resize(chunk_len + BLOCK, 0);
+        let len = buffer_len(self.chunk_len);
+        if self.next.len() != len {
+            self.next.resize(len, 0);
             self.next.shrink_to_fit();
         }
         let lead = block_lead(&self.next, at);
-        let want = chunk_len - (at % BLOCK as u64) as usize;
+        // One block of the buffer is kept free to place the chunk where memory and file offset
+        // agree modulo `BLOCK` (`lead` < `BLOCK`); the chunk ends on a block boundary of the file.
+        let want = len - BLOCK - (at % BLOCK as u64) as usize;
         let idle_timeout = self.idle_timeout;
         let mut filled = 0;
         let mut end = None;
@@ -412,5 +419,28 @@ mod tests {
         for max in [1 << 20, 1 << 10] {
             assert_eq!(policy(1 << 20, max).next_len(1 << 20, fast, false), 1 << 20);
         }
+    }
+
+    #[test]
+    fn a_box_at_256_kib_per_second_holds_at_most_128_kib_of_buffers() {
+        let settings =
+            crate::config::Settings::load_from(None, std::iter::empty::<(String, String)>())
+                .expect("defaults");
+        let cfg = settings.upload_config();
+        let policy = ChunkPolicy::new(&cfg);
+        // The data one default buffer takes, arriving at 256 KiB/s.
+        let data = buffer_len(cfg.buffer) - BLOCK;
+        let took = Duration::from_secs_f64(data as f64 / (256.0 * 1024.0));
+        let mut len = cfg.buffer;
+        for _ in 0..100 {
+            len = policy.next_len(len, took, false);
+        }
+        assert_eq!(2 * buffer_len(len), 128 << 10);
+    }
+
+    #[test]
+    fn a_buffer_is_its_chunk_with_room_for_one_block_of_data_at_least() {
+        assert_eq!(buffer_len(64 << 10), 64 << 10);
+        assert_eq!(buffer_len(4 << 10), 2 * BLOCK);
     }
 }
