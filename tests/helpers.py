@@ -245,6 +245,23 @@ def raw_dialogue(port: int, lines: list[bytes], login: tuple[str, str] | None = 
     return replies
 
 
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+def self_signed_cert(directory: Path, name: str = "ftpd") -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 and localhost and its key (PEM, made with
+    openssl); the certificate is its own CA file for clients that verify (curl --cacert, lftp
+    ssl:ca-file)."""
+    cert, keyf = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(keyf), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, keyf
+
+
 # -- stb-upload ----------------------------------------------------------------------------------
 
 

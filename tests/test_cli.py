@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import Ftpd
-from helpers import FTPD, crc32, key, pattern
+from helpers import FTPD, crc32, key, pattern, self_signed_cert
 
 CRC_TOOLS = FTPD.parent / "crc-tools"
 
@@ -206,6 +206,122 @@ def test_defaults_print_the_shipped_configuration():
     assert r.returncode == 0
     shipped = (FTPD.parent.parent.parent / "conf" / "ftpd.toml").read_text()
     assert r.stdout == shipped
+
+
+# -- check-config ------------------------------------------------------------------------------
+
+
+def run_ftpd(srv: Ftpd, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`ftpd ARGS` with the server's environment (plus `env`), to its end; a `serve` that
+    starts after all is stopped and counts as a failure."""
+    proc = subprocess.Popen(
+        [str(FTPD), *args], env={**srv.env, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"ftpd {' '.join(args)} kept running")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_untouched(srv: Ftpd) -> None:
+    """Nothing was created and nothing listens."""
+    assert not srv.root.exists() and not srv.state.exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+
+
+def test_check_config_accepts_good_settings_and_starts_nothing(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    conf = tmp_path / "ftpd.toml"
+    conf.write_text('anonymous = true\npassive_ports = "40000-40099"\n')
+    r = run_ftpd(srv, "check-config", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    line = one_line(r.stdout)
+    assert line.startswith("ftpd: configuration OK (") and f"listen 127.0.0.1:{srv.port}" in line, line
+    # the environment (FTPD_PASSIVE_PORTS) wins over the file, as for serve
+    assert f"passive ports {srv.passive[0]}-{srv.passive[1]}" in line, line
+    assert "FTPS off" in line, line
+    assert r.stderr == ""
+    assert_untouched(srv)
+
+
+@pytest.mark.parametrize(
+    "file_text, env, name",
+    [
+        ('durability = "maybe"\n', {}, "durability"),
+        ("idle_timeout = 0\n", {}, "idle_timeout"),
+        ("", {"FTPD_LOG_FORMAT": "xml"}, "log_format"),
+        ("", {"FTPD_ANONYMOUS": "maybe"}, "anonymous"),
+        ("lisen = 1\n", {}, "lisen"),
+        ("", {"FTPD_FTPS_REQUIRED": "true"}, "ftps_required"),
+    ],
+)
+def test_check_config_refuses_a_bad_value_with_the_line_serve_prints(tmp_path, file_text, env, name):
+    srv = Ftpd(tmp_path / "srv")
+    conf = tmp_path / "ftpd.toml"
+    conf.write_text(file_text)
+    checked = run_ftpd(srv, "check-config", "--config", str(conf), env=env)
+    assert checked.returncode == 2
+    line = one_line(checked.stderr)
+    assert line.startswith("ftpd: ") and name in line, line
+    assert checked.stdout == ""
+    served = run_ftpd(srv, "serve", "--config", str(conf), env=env)
+    assert served.returncode == 2 and one_line(served.stderr) == line
+    assert_untouched(srv)
+
+
+def test_check_config_with_a_missing_file_fails(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    r = run_ftpd(srv, "check-config", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2
+    assert "missing.toml" in one_line(r.stderr)
+    r = run_ftpd(srv, "check-config", env={"FTPD_CONFIG": str(tmp_path / "gone.toml")})
+    assert r.returncode == 2
+    assert "gone.toml" in one_line(r.stderr)
+
+
+def test_check_config_honours_the_environment(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    conf = tmp_path / "ftpd.toml"
+    conf.write_text('listen = "127.0.0.1:2200"\nfront = false\n')
+    srv.env.pop("FTPD_LISTEN")
+    r = run_ftpd(srv, "check-config", env={"FTPD_CONFIG": str(conf)})
+    assert r.returncode == 0, r.stderr
+    assert "listen 127.0.0.1:2200" in r.stdout and "front off" in r.stdout, r.stdout
+    r = run_ftpd(srv, "check-config", env={"FTPD_CONFIG": str(conf), "FTPD_LISTEN": "127.0.0.1:2999"})
+    assert r.returncode == 0 and "listen 127.0.0.1:2999" in r.stdout, r
+    r = run_ftpd(srv, "check-config", env={"FTPD_CONFIG": str(conf), "FTPD_FRONT": "yes please"})
+    assert r.returncode == 2 and "front" in one_line(r.stderr), r
+
+
+def test_check_config_loads_the_certificate_as_serve_does(tmp_path):
+    srv = Ftpd(tmp_path / "srv")
+    cert, keyf = self_signed_cert(tmp_path)
+    other_cert, other_key = self_signed_cert(tmp_path, "other")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not PEM at all\n")
+    good = {"FTPD_FTPS_CERT": str(cert), "FTPD_FTPS_KEY": str(keyf)}
+    r = run_ftpd(srv, "check-config", env={**good, "FTPD_FTPS_REQUIRED": "true"})
+    assert r.returncode == 0, r.stderr
+    assert "FTPS required" in one_line(r.stdout)
+    for env, name in [
+        ({**good, "FTPD_FTPS_CERT": str(junk)}, "ftps_cert"),
+        ({**good, "FTPD_FTPS_KEY": str(junk)}, "ftps_key"),
+        ({**good, "FTPD_FTPS_KEY": str(other_key)}, "ftps_key"),  # not this certificate's key
+        ({**good, "FTPD_FTPS_CERT": str(tmp_path / "none.pem")}, "ftps_cert"),
+        ({"FTPD_FTPS_CERT": str(other_cert)}, "ftps_cert"),  # without a key
+    ]:
+        checked = run_ftpd(srv, "check-config", env=env)
+        assert checked.returncode == 2, (env, checked)
+        line = one_line(checked.stderr)
+        assert f"`{name}`" in line, line
+        served = run_ftpd(srv, "serve", env=env)
+        assert served.returncode == 2 and one_line(served.stderr) == line, served
+    assert_untouched(srv)
 
 
 # -- login policy ------------------------------------------------------------------------------

@@ -225,8 +225,8 @@ def rss_kib(pid: int) -> int:
 
 
 def test_inside_tls_an_endless_line_is_cut_off(ftpd_factory, tmp_path):
-    """After AUTH TLS the front cannot see lines; a client that streams without a newline must
-    still be stopped, or libunftp buffers it all."""
+    """Inside TLS a client that streams without a newline must be stopped as outside (the front
+    reads lines there too), or libunftp buffers it all."""
     import ssl
 
     cert, keyf = tmp_path / "c.pem", tmp_path / "k.pem"

@@ -8,6 +8,7 @@ use crate::ftp_error::{not_entered, path_error, store_error};
 use crate::handoff::UploadSource;
 use crate::key_session::{Files, KeyError, KeyOutcome, KeySession};
 use crate::paths;
+use crate::records::journal::{Kind, Seen};
 use crate::upload::{self, Request, UploadError};
 use crate::users::FtpUser;
 use crate::writers::WriteLock;
@@ -29,6 +30,10 @@ pub struct KeyStorage {
     fs: Option<Filesystem>,
     root: Option<Arc<Dir>>,
     key: KeySession,
+    /// Counts this session in `ftpd_sessions` from its login until libunftp drops the session,
+    /// however it ends (libunftp's `LoggedOut` event is skipped on a timeout or a broken
+    /// connection, so its presence events would leave sessions counted forever).
+    logged_in: Option<crate::metrics::SessionGuard>,
 }
 
 impl KeyStorage {
@@ -39,6 +44,7 @@ impl KeyStorage {
             fs: None,
             root: None,
             key: KeySession::default(),
+            logged_in: None,
         }
     }
 
@@ -83,6 +89,19 @@ impl KeyStorage {
             .map_err(UploadError::from)?)
     }
 
+    /// What `path` is just before a delete or rename (not following a last symlink), for its
+    /// journal event: the record describes it only if it is still the file it was written for.
+    async fn seen(&self, path: &str) -> Result<Seen> {
+        let root = self.root()?;
+        let p = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            root.symlink_metadata(paths::relative(&p))
+                .map_or(Seen::Unknown, |m| Seen::of(&m))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::LocalError, e))
+    }
+
     /// Whether `a` and `b` both exist and are one file (not following a last symlink, as
     /// rename(2) does not).
     async fn same_file(&self, a: &str, b: &str) -> Result<bool> {
@@ -112,6 +131,9 @@ impl StorageBackend<FtpUser> for KeyStorage {
             &user.home,
             cap_std::ambient_authority(),
         )?));
+        if self.logged_in.is_none() {
+            self.logged_in = Some(self.services.metrics.session());
+        }
         Ok(())
     }
 
@@ -205,11 +227,14 @@ impl StorageBackend<FtpUser> for KeyStorage {
     async fn del<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {
         let p = self.file_path(path.as_ref())?;
         let _lock = self.lock_file(user, &p).await?;
+        let seen = self.seen(&p).await?;
         self.fs()?.del(user, path).await?;
         let (store, name) = (self.services.store.clone(), user.name.clone());
-        tokio::task::spawn_blocking(move || store.remove(&name, &p))
+        // The record goes with its `delete` event, in one transaction.
+        tokio::task::spawn_blocking(move || store.remove_and_journal(Kind::Delete, &name, &p, seen))
             .await
             .map_err(|e| Error::new(ErrorKind::LocalError, e))?
+            .map(drop)
             .map_err(store_error)
     }
 
@@ -245,15 +270,15 @@ impl StorageBackend<FtpUser> for KeyStorage {
             // nothing, so the records stay as they are.
             return Ok(());
         }
+        let seen = self.seen(&f).await?;
         self.fs()?.rename(user, from, to).await?;
         let (store, name) = (self.services.store.clone(), user.name.clone());
-        tokio::task::spawn_blocking(move || {
-            store.remove(&name, &t)?;
-            store.rename(&name, &f, &t)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::LocalError, e))?
-        .map_err(store_error)
+        // The records move with their `rename` event, in one transaction.
+        tokio::task::spawn_blocking(move || store.rename_and_journal(&name, &f, &t, seen))
+            .await
+            .map_err(|e| Error::new(ErrorKind::LocalError, e))?
+            .map(drop)
+            .map_err(store_error)
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, user: &FtpUser, path: P) -> Result<()> {

@@ -51,6 +51,8 @@ struct Raw {
     login_cache_seconds: u64,
     log_level: String,
     log_format: String,
+    http_listen: String,
+    http_token: String,
     idle_timeout: u64,
     durability: String,
     upload_buffer_kib: u64,
@@ -59,10 +61,56 @@ struct Raw {
     checkpoint_mib: u64,
     takeover_wait: u64,
     shutdown_grace: u64,
+    journal_keep_days: u64,
     front: bool,
     internal_listen: String,
     ftps_cert: PathBuf,
     ftps_key: PathBuf,
+    ftps_required: bool,
+}
+
+/// The HTTP listener's bearer token; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken(pub String);
+
+impl std::fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpToken(..)")
+    }
+}
+
+/// `http_listen` (empty: off) and `http_token` (empty: none). Anything but loopback needs the
+/// token: the metrics (and the other routes) are for the operator, not for the boxes.
+fn check_http(
+    listen: &str,
+    token: &str,
+) -> Result<(Option<SocketAddr>, Option<HttpToken>), ConfigError> {
+    let token = match token {
+        "" => None,
+        t if t.bytes().all(|b| b.is_ascii_graphic()) => Some(HttpToken(t.to_string())),
+        _ => {
+            return Err(bad(
+                "http_token",
+                "must be printable ASCII without spaces (it travels in an HTTP header)",
+            ))
+        }
+    };
+    let listen = match listen.trim() {
+        "" => return Ok((None, token)),
+        v => v.parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "http_listen",
+                format!("'{v}' is not an address:port such as 127.0.0.1:9121"),
+            )
+        })?,
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(bad(
+            "http_listen",
+            format!("{listen} is not a loopback address: set `http_token` too, so that only requests carrying it are served"),
+        ));
+    }
+    Ok((Some(listen), token))
 }
 
 /// How log lines are written.
@@ -103,6 +151,10 @@ pub struct Settings {
     pub login_cache_lifetime: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The HTTP listener (`/metrics`, ...); `None` = off.
+    pub http_listen: Option<SocketAddr>,
+    /// The bearer token every HTTP request must carry; `None` = no token (loopback only).
+    pub http_token: Option<HttpToken>,
     pub idle_timeout: Duration,
     pub fsync: bool,
     pub upload_buffer: usize,
@@ -111,9 +163,13 @@ pub struct Settings {
     pub checkpoint: u64,
     pub takeover_wait: Duration,
     pub shutdown_grace: Duration,
+    /// How long journal events are kept (`journal_keep_days`).
+    pub journal_keep: Duration,
     pub front: bool,
     pub internal_listen: SocketAddr,
     pub ftps: Option<(PathBuf, PathBuf)>,
+    /// No login without TLS on the control channel, no transfer without `PROT P`.
+    pub ftps_required: bool,
 }
 
 impl Settings {
@@ -143,7 +199,23 @@ impl Settings {
         cfg.login_timeout = self.login_timeout;
         cfg.data_idle = self.data_idle_timeout;
         cfg.keepalive = self.keepalive;
+        cfg.tls_required = self.ftps_required;
         cfg
+    }
+
+    /// The FTPS certificate and key loaded as `serve` loads them (`None` without FTPS); an
+    /// unusable file is a bad setting that names it.
+    pub fn ftps_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>, ConfigError> {
+        use crate::front::tls::{server_config, TlsError};
+        let Some((cert, key)) = &self.ftps else {
+            return Ok(None);
+        };
+        server_config(cert, key).map(Some).map_err(|e| match e {
+            TlsError::Certs { .. } => bad("ftps_cert", e.to_string()),
+            TlsError::Key { .. } | TlsError::Config(_) => bad("ftps_key", e.to_string()),
+        })
     }
 
     /// Defaults, then `file` if given, then the environment.
@@ -198,6 +270,7 @@ impl Settings {
                 "must be a loopback address (nothing outside may reach it)",
             ));
         }
+        let (http_listen, http_token) = check_http(&r.http_listen, &r.http_token)?;
         let passive_ports =
             parse_ports(&r.passive_ports).map_err(|reason| bad("passive_ports", reason))?;
         if passive_ports.contains(&listen.port()) {
@@ -251,6 +324,9 @@ impl Settings {
         }
         if r.checkpoint_mib == 0 {
             return Err(bad("checkpoint_mib", "must be at least 1"));
+        }
+        if !(1..=36_500).contains(&r.journal_keep_days) {
+            return Err(bad("journal_keep_days", "must be between 1 and 36500"));
         }
         for (key, v) in [
             ("idle_timeout", r.idle_timeout),
@@ -318,6 +394,12 @@ impl Settings {
                 ))
             }
         };
+        if r.ftps_required && ftps.is_none() {
+            return Err(bad(
+                "ftps_required",
+                "needs ftps_cert and ftps_key (TLS cannot be required without a certificate)",
+            ));
+        }
         Ok(Settings {
             listen,
             passive_ports,
@@ -343,6 +425,8 @@ impl Settings {
             login_cache_lifetime: Duration::from_secs(r.login_cache_seconds),
             log_level: r.log_level,
             log_format,
+            http_listen,
+            http_token,
             idle_timeout: Duration::from_secs(r.idle_timeout),
             fsync,
             upload_buffer: (r.upload_buffer_kib * 1024) as usize,
@@ -351,9 +435,11 @@ impl Settings {
             checkpoint: r.checkpoint_mib << 20,
             takeover_wait: Duration::from_secs(r.takeover_wait),
             shutdown_grace: Duration::from_secs(r.shutdown_grace),
+            journal_keep: Duration::from_secs(r.journal_keep_days * 86_400),
             front: r.front,
             internal_listen,
             ftps,
+            ftps_required: r.ftps_required,
         })
     }
 }
@@ -395,6 +481,7 @@ mod tests {
         assert_eq!(s.passive_ports, 50000..=50100);
         assert!(s.fsync);
         assert!(!s.anonymous);
+        assert_eq!(s.journal_keep, Duration::from_secs(30 * 86_400));
         assert_eq!(
             s.login_cache_entries,
             crate::users::DEFAULT_LOGIN_CACHE_ENTRIES
@@ -445,6 +532,48 @@ mod tests {
             ("FTPD_LOGIN_CACHE_ENTRIES", "2000000", "login_cache_entries"),
             ("FTPD_LOGIN_CACHE_ENTRIES", "-1", "login_cache_entries"),
             ("FTPD_LOGIN_CACHE_SECONDS", "100000", "login_cache_seconds"),
+            ("FTPD_JOURNAL_KEEP_DAYS", "0", "journal_keep_days"),
+        ] {
+            let e = Settings::load_from(None, env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_http_listener_is_off_by_default_and_needs_a_token_off_loopback() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!((s.http_listen, s.http_token), (None, None));
+        let s = Settings::load_from(None, env(&[("FTPD_HTTP_LISTEN", "127.0.0.1:9121")])).unwrap();
+        assert_eq!(s.http_listen, Some("127.0.0.1:9121".parse().unwrap()));
+        let s = Settings::load_from(None, env(&[("FTPD_HTTP_LISTEN", "[::1]:9121")])).unwrap();
+        assert!(s.http_listen.is_some());
+        for v in ["0.0.0.0:9121", "192.0.2.7:9121", "[::]:9121"] {
+            let e = Settings::load_from(None, env(&[("FTPD_HTTP_LISTEN", v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`http_listen`") && e.contains("http_token"),
+                "{v}: {e}"
+            );
+        }
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FTPD_HTTP_LISTEN", "0.0.0.0:9121"),
+                ("FTPD_HTTP_TOKEN", "Zm9vYmFy-0123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http_token, Some(HttpToken("Zm9vYmFy-0123".into())));
+        assert!(
+            !format!("{s:?}").contains("Zm9vYmFy"),
+            "the token stays out of logs"
+        );
+        for (k, v, key) in [
+            ("FTPD_HTTP_LISTEN", "localhost", "http_listen"),
+            ("FTPD_HTTP_TOKEN", "two words", "http_token"),
         ] {
             let e = Settings::load_from(None, env(&[(k, v)]))
                 .unwrap_err()
@@ -470,5 +599,30 @@ mod tests {
         std::fs::write(&f, "anonymous = true\n").unwrap();
         let s = Settings::load_from(Some(&f), env(&[("FTPD_CONFIG", "f.toml")])).unwrap();
         assert!(s.anonymous);
+    }
+
+    #[test]
+    fn ftps_required_needs_a_certificate_and_unusable_files_name_their_setting() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(!s.ftps_required);
+        assert!(s.ftps_config().unwrap().is_none());
+        let e = Settings::load_from(None, env(&[("FTPD_FTPS_REQUIRED", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ftps_required`"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        std::fs::write(&key, "not a key\n").unwrap();
+        let files = [
+            ("FTPD_FTPS_CERT", cert.to_str().unwrap()),
+            ("FTPD_FTPS_KEY", key.to_str().unwrap()),
+            ("FTPD_FTPS_REQUIRED", "true"),
+        ];
+        let s = Settings::load_from(None, env(&files)).unwrap();
+        assert!(s.ftps_required);
+        assert!(s.front_config(s.internal_listen).tls_required);
+        let e = s.ftps_config().unwrap_err().to_string();
+        assert!(e.contains("`ftps_cert`"), "{e}");
     }
 }

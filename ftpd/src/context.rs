@@ -39,6 +39,8 @@ pub struct Services {
     pub handoff: Option<Arc<Handoff>>,
     /// Uploads whose final reply has not gone out; shutdown waits for them.
     pub replies: Arc<OwedReplies>,
+    /// The Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Services {
@@ -49,12 +51,15 @@ impl Services {
         upload: UploadConfig,
         handoff: Option<Arc<Handoff>>,
     ) -> Self {
+        let writers = Arc::new(Writers::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(writers.clone(), store.clone()));
         Services {
             store,
-            writers: Arc::new(Writers::default()),
+            writers,
             upload,
             handoff,
             replies: Arc::new(OwedReplies::default()),
+            metrics,
         }
     }
 }

@@ -122,6 +122,7 @@ impl KeySession {
         match cmd {
             KeyCommand::Declare { crc, path: None } => {
                 self.said().pending = Some(crc.0);
+                files.services.metrics.key_declared();
                 Ok(KeyOutcome::Declared { crc, path: None })
             }
             KeyCommand::Declare { crc, path: Some(p) } => {
@@ -133,6 +134,8 @@ impl KeySession {
                 }
                 s.declared_for.push((path.clone(), crc.0));
                 s.current = Some(path.clone());
+                drop(s);
+                files.services.metrics.key_declared();
                 Ok(KeyOutcome::Declared {
                     crc,
                     path: Some(path),

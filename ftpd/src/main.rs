@@ -32,6 +32,24 @@ enum Command {
     },
     /// Print the embedded default configuration.
     Defaults,
+    /// Check the settings (file and environment, as `serve` reads them) and load the FTPS
+    /// certificate and key; starts nothing and touches no data. Exit 0 when `serve` would
+    /// accept them, 2 with its error otherwise.
+    CheckConfig,
+    /// Print the upload journal's events after a seq, read from the running server through
+    /// `http_listen` (with `http_token`). Exit 2 when the server cannot be reached, 3 when the
+    /// events after SEQ are no longer kept (resync).
+    Events {
+        /// Print the events after this seq (0: all that are kept).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Keep waiting for new events and print each as it comes (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// Print each event as the server's JSON line instead of a readable line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +105,24 @@ fn user_command(settings: &Settings, action: UserAction) -> Result<(), String> {
     }
 }
 
+/// What `check-config` reports about settings that passed.
+fn summary(s: &Settings) -> String {
+    let ftps = match (&s.ftps, s.ftps_required) {
+        (None, _) => "off",
+        (Some(_), false) => "optional",
+        (Some(_), true) => "required",
+    };
+    format!(
+        "listen {}, passive ports {}-{}, front {}, FTPS {ftps}, root {}, state {}",
+        s.listen,
+        s.passive_ports.start(),
+        s.passive_ports.end(),
+        if s.front { "on" } else { "off" },
+        s.root.display(),
+        s.state_dir.display(),
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Defaults = cli.command {
@@ -100,7 +136,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A certificate or key that cannot be loaded is a bad setting, found before anything starts.
+    if matches!(cli.command, Command::Serve | Command::CheckConfig) {
+        if let Err(e) = settings.ftps_config() {
+            eprintln!("ftpd: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Command::Events {
+        since,
+        follow,
+        json,
+    } = cli.command
+    {
+        let opts = ftpd::records::journal::client::Options {
+            http_listen: settings.http_listen,
+            token: settings.http_token.as_ref().map(|t| t.0.clone()),
+            since,
+            follow,
+            json,
+        };
+        return match ftpd::records::journal::client::run(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ftpd events: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     let result = match cli.command {
+        Command::Events { .. } => Ok(()),
+        Command::CheckConfig => {
+            println!("ftpd: configuration OK ({})", summary(&settings));
+            Ok(())
+        }
         Command::Serve => {
             ftpd::logging::init(&settings.log_level, settings.log_format);
             let rt = match tokio::runtime::Runtime::new() {

@@ -45,6 +45,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 fn make_dir(what: &'static str, path: &Path) -> Result<(), ServeError> {
@@ -96,6 +98,10 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         );
     }
 
+    // The upload journal lives in the store; this is its read side (`/events`) and retention.
+    let journal = crate::records::journal::Journal::new(store.clone(), s.journal_keep);
+    tokio::spawn(journal.clone().retain(JOURNAL_PRUNE_EVERY));
+
     let services = Arc::new(Services::new(
         store,
         s.upload_config(),
@@ -103,9 +109,28 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     ));
     let authenticator = Arc::new(
         UsersAuthenticator::new(s.users_file.clone(), s.anonymous, s.password_threads)?
-            .with_login_cache(s.login_cache_entries, s.login_cache_lifetime),
+            .with_login_cache(s.login_cache_entries, s.login_cache_lifetime)
+            .with_metrics(services.metrics.clone()),
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+
+    // The HTTP listener (`http_listen`): the routes of every part, behind `http_token`; it
+    // serves through the drain and stops once the FTP server has.
+    let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let http_task = match s.http_listen {
+        Some(addr) => {
+            let listener = crate::http::bind(addr, s.http_token.clone().map(|t| t.0)).await?;
+            let metrics = services.metrics.clone();
+            let app = crate::metrics::routes(metrics.clone())
+                .merge(crate::records::journal::routes(journal.clone()));
+            tracing::info!(http_listen = %listener.local_addr().unwrap_or(addr), token = s.http_token.is_some(), "HTTP listener started");
+            let stopped = async move {
+                let _ = http_stop_rx.await;
+            };
+            Some(tokio::spawn(crate::http::serve(listener, app, stopped)))
+        }
+        None => None,
+    };
 
     let generator_shared = services.clone();
     let mut builder = ServerBuilder::with_user_detail_provider(
@@ -154,6 +179,11 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         }
         if let Some(ip) = s.passive_host {
             builder = builder.passive_host(ip);
+        }
+        // Only here: behind the front libunftp sees plain loopback lines, and the front
+        // enforces `ftps_required` itself.
+        if s.ftps_required {
+            builder = builder.ftps_required(true, true);
         }
         None
     };
@@ -221,12 +251,29 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         .await;
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
+    if let Some(mut task) = http_task {
+        // Long-polls of `/events` answer now instead of holding the shutdown.
+        journal.close();
+        let _ = http_stop_tx.send(());
+        // Requests still running (a long poll) get a moment, then they are cut.
+        match tokio::time::timeout(HTTP_STOP_WAIT, &mut task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener failed"),
+            Ok(_) => {}
+            Err(_) => task.abort(),
+        }
+    }
     tracing::info!(left = services.writers.active(), "ftpd stopped");
     Ok(())
 }
 
+/// How often journal events older than `journal_keep_days` are pruned.
+const JOURNAL_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// How long uploads told to stop get to record what they stored, and their replies to go out.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// How long HTTP requests still running at the end of shutdown get to finish.
+const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// A free port on the loopback address `addr` (port 0: any), for libunftp behind the front.
 fn reserve_loopback(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, ServeError> {

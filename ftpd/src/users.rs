@@ -410,6 +410,8 @@ pub struct UsersAuthenticator {
     cache: login_cache::LoginCache,
     /// PBKDF2 checks run so far.
     pbkdf2_checks: Arc<AtomicU64>,
+    /// Counts failed logins (`ftpd_login_failures_total`), when set.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl UsersAuthenticator {
@@ -437,7 +439,14 @@ impl UsersAuthenticator {
             pool: PasswordPool::new(password_threads),
             cache,
             pbkdf2_checks: Arc::new(AtomicU64::new(0)),
+            metrics: None,
         })
+    }
+
+    /// Counts every refused login in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Keeps at most `entries` verified logins, each for `lifetime`; either 0 turns the cache
@@ -555,7 +564,27 @@ impl UsersAuthenticator {
 
 #[async_trait]
 impl Authenticator for UsersAuthenticator {
+    /// libunftp asks once per `PASS`; each refusal counts once as a failed login.
     async fn authenticate(
+        &self,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<Principal, AuthenticationError> {
+        let result = self.check(username, creds).await;
+        if let (Err(_), Some(m)) = (&result, &self.metrics) {
+            m.login_failed();
+        }
+        result
+    }
+
+    fn name(&self) -> &str {
+        "users-file"
+    }
+}
+
+impl UsersAuthenticator {
+    /// The login decision: the principal, or why not.
+    async fn check(
         &self,
         username: &str,
         creds: &Credentials,
@@ -582,10 +611,6 @@ impl Authenticator for UsersAuthenticator {
             String::new()
         });
         accounts.checked.authenticate(username, &creds).await
-    }
-
-    fn name(&self) -> &str {
-        "users-file"
     }
 }
 

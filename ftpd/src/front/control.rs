@@ -56,6 +56,18 @@ pub(super) struct ControlSettings {
     pub passive: Arc<PassiveTable<DataRoute>>,
     /// The control channel's TLS, when a certificate is configured.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// No login without TLS, no transfer without `PROT P` (`ftps_required`).
+    pub tls_required: bool,
+}
+
+/// What a data connection is for, as its session's next transfer command says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DataUse {
+    /// The command went to libunftp: which way the bytes go, and whether the connection is TLS.
+    Transfer(Direction, bool),
+    /// The front answered the command itself (`521`: TLS is required and data connections are
+    /// not `PROT P`), so nothing will ever use the connection.
+    Refused,
 }
 
 /// What a data connection needs of the session that asked for it.
@@ -88,9 +100,9 @@ pub(super) struct Link {
 }
 
 impl Link {
-    fn new(tls_available: bool) -> Self {
+    fn new(tls_available: bool, tls_required: bool) -> Self {
         Link {
-            session: Mutex::new(ControlSession::new(tls_available)),
+            session: Mutex::new(ControlSession::new(tls_available).requiring_tls(tls_required)),
             changed: Notify::new(),
             outbox: Mutex::new((Vec::new(), 0)),
             outbox_ready: Notify::new(),
@@ -127,22 +139,28 @@ impl Link {
         }
     }
 
-    /// Which way the transfer after the first `after` ones moves bytes and whether its data
-    /// connection is TLS, once the client has sent its command; `None` if the control connection
-    /// ends or nothing comes by `deadline`.
-    pub(super) async fn transfer_after(
-        &self,
-        after: u64,
-        deadline: Instant,
-    ) -> Option<(Direction, bool)> {
+    /// What the transfer after the first `after` ones uses its data connection for (which way
+    /// it moves bytes and whether the connection is TLS, or nothing at all when the front refused
+    /// it), once the client has sent its command; `None` if the control connection ends or
+    /// nothing comes by `deadline`.
+    pub(super) async fn transfer_after(&self, after: u64, deadline: Instant) -> Option<DataUse> {
         let closed = || self.closed.load(Ordering::SeqCst);
         let sent = self
             .wait_until(deadline, |s| s.transfers() > after || closed())
             .await;
         let s = self.session();
-        (sent && !closed())
-            .then(|| s.direction().map(|d| (d, s.data_tls())))
-            .flatten()
+        if !sent || closed() {
+            return None;
+        }
+        if s.transfer_refused() {
+            return Some(DataUse::Refused);
+        }
+        s.direction().map(|d| DataUse::Transfer(d, s.data_tls()))
+    }
+
+    /// Whether TLS is required (`ftps_required`): transfers without `PROT P` are refused.
+    pub(super) fn tls_required(&self) -> bool {
+        self.session().tls_required()
     }
 
     /// Whether data connections are TLS right now (`PROT P`).
@@ -354,7 +372,7 @@ pub(super) async fn control_connection(
     let via = server.local_addr().ok();
     tracing::info!(client = %peer, ?via, "control connection opened");
 
-    let link = Arc::new(Link::new(settings.tls.is_some()));
+    let link = Arc::new(Link::new(settings.tls.is_some(), settings.tls_required));
     let ids = Ids {
         peer,
         public_ip,
@@ -921,6 +939,7 @@ mod tests {
             throttle: Arc::new(LoginThrottle::new(5, 50, Duration::from_secs(300))),
             passive: PassiveTable::new(vec![]),
             tls: None,
+            tls_required: false,
         };
         let fut = control_connection(stream, peer, settings);
         let size = std::mem::size_of_val(&fut);

@@ -1,7 +1,7 @@
 //! Passive data connections: matched to the session that was promised the port, then handed to
 //! the upload path (plain uploads) or relayed to that session's libunftp listener.
 
-use super::control::{connect_backend, DataRoute};
+use super::control::{connect_backend, DataRoute, DataUse};
 use super::limits::{canonical, keepalive};
 use super::line::Direction;
 use super::passive::{PassiveTable, PROMISE_TTL};
@@ -57,18 +57,30 @@ pub(super) async fn data_connection(
     };
     let connected = Instant::now();
     let route = promise.link;
-    if let Some(handoff) = &settings.handoff {
-        // The session's next transfer command says which way the bytes go; only a plain upload
-        // skips the relay (a download must never be read by the front and thrown away, and a
-        // TLS data connection is libunftp's to decrypt).
-        let deadline = Instant::now() + PROMISE_TTL;
-        let transfer = route.link.transfer_after(route.after, deadline).await;
-        if transfer == Some((Direction::Upload, false)) {
-            match hand_off(client, &mut server, handoff).await {
-                Ok(()) => return,
-                Err(returned) => client = returned,
+    // The session's next transfer command says what the connection is for. Only a plain upload
+    // skips the relay (a download must never be read by the front and thrown away, and a TLS
+    // data connection is libunftp's to decrypt); one the front refused is closed. Without
+    // either to decide, the relay starts at once.
+    let deadline = Instant::now() + PROMISE_TTL;
+    let decide = settings.handoff.is_some() || route.link.tls_required();
+    let transfer = match decide {
+        true => route.link.transfer_after(route.after, deadline).await,
+        false => None,
+    };
+    match transfer {
+        Some(DataUse::Refused) => {
+            tracing::info!("transfer refused without PROT P; data connection closed");
+            return;
+        }
+        Some(DataUse::Transfer(Direction::Upload, false)) => {
+            if let Some(handoff) = &settings.handoff {
+                match hand_off(client, &mut server, handoff).await {
+                    Ok(()) => return,
+                    Err(returned) => client = returned,
+                }
             }
         }
+        _ => {}
     }
     match relay_data(&mut client, &mut server, settings.idle).await {
         Ok((up, down)) => tracing::debug!(bytes_in = up, bytes_out = down, "data connection done"),

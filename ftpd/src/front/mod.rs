@@ -41,16 +41,23 @@
 //! front therefore sends `REST 0` ahead of every `STOR`, `RETR`, `STOU` and `APPE` that does not
 //! follow a `REST` (data-connection set-up may come in between), and leaves the reply to it out,
 //! once every earlier command has been answered (within 15 s; otherwise the transfer goes
-//! through without it). Inside TLS the front cannot see commands, so this does not apply there.
+//! through without it). This holds inside TLS too: the front reads every line there as well.
+//!
+//! # FTPS
+//! The front ends the control channel's TLS itself (`AUTH TLS`, [`tls`]), with the certificate
+//! libunftp also uses for `PROT P` data connections, so everything here (bare `KEY` included)
+//! works inside TLS as outside; `CCC` is refused. With `tls_required` (`ftps_required`) a
+//! `USER`/`PASS` on a plain control channel gets `530` from the front and never reaches
+//! libunftp (the session may still send `AUTH TLS`), and a transfer command while data
+//! connections are not `PROT P` gets `521` and its data connection is closed.
 //!
 //! # Limits
 //! * Connections: `max_connections` in total and `max_connections_per_address`; past either a
 //!   new control connection gets `421`. A connection not logged in within `login_timeout` gets
 //!   `421`. Client sockets get TCP keepalive.
 //! * Lines longer than `max_line` get `500` and the connection is closed; a line not finished
-//!   within `line_timeout` gets `421`. Inside TLS (after `AUTH TLS` is answered `234`) the front
-//!   relays bytes as they are, and a client that sends more than four lines' worth (at least
-//!   32 KiB) without getting any reply is disconnected, so libunftp's line buffer stays bounded.
+//!   within `line_timeout` gets `421`, inside TLS as outside (the front reads lines there too),
+//!   so libunftp's line buffer stays bounded.
 //! * A relayed data connection with no byte either way for `data_idle` is closed; an upload that
 //!   was handed over is timed by the upload path with the same setting.
 //! * Clients must use IPv4 (IPv4-mapped addresses on a dual-stack listener are fine): `227`
@@ -121,6 +128,9 @@ pub struct FrontConfig {
     pub login_window: Duration,
     /// TLS for the control channel (`AUTH TLS`), ended by the front; `None`: no FTPS.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// FTPS required: no login on a plain control channel, no transfer without `PROT P`.
+    /// Needs `tls`.
+    pub tls_required: bool,
     /// Where plain uploads are parked for the upload path to read directly; `None` relays them.
     pub handoff: Option<Arc<Handoff>>,
 }
@@ -160,6 +170,7 @@ impl FrontConfig {
             data_idle: Self::DEFAULT_DATA_IDLE,
             keepalive: Some(Self::DEFAULT_KEEPALIVE),
             tls: None,
+            tls_required: false,
             handoff: None,
         }
     }
@@ -199,6 +210,9 @@ pub enum FrontError {
     /// The FTPS certificate or key cannot be used.
     #[error("FTPS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// TLS cannot be required without a certificate.
+    #[error("FTPS is required but no certificate is configured")]
+    TlsRequiredWithoutTls,
     /// An accept loop stopped for good.
     #[error("listener on {addr} failed: {source}")]
     Accept { addr: SocketAddr, source: io::Error },
@@ -225,6 +239,9 @@ impl Front {
         }
         if cfg.max_line < MIN_LINE {
             return Err(FrontError::LineLimitTooSmall(cfg.max_line));
+        }
+        if cfg.tls_required && cfg.tls.is_none() {
+            return Err(FrontError::TlsRequiredWithoutTls);
         }
         for (name, t) in [
             ("line_timeout", cfg.line_timeout),
@@ -348,6 +365,7 @@ impl Front {
             throttle,
             passive: table.clone(),
             tls: cfg.tls.clone(),
+            tls_required: cfg.tls_required,
         };
         let connections = Connections::new(cfg.max_connections, cfg.max_connections_per_address);
         let mut acceptors = JoinSet::new();

@@ -7,6 +7,10 @@
 //! whether data connections are TLS (`PROT P`), and the transfer commands sent, which the
 //! session's data connections wait for to know which way their bytes go. The front ends the
 //! control channel's TLS itself, so it reads every line, inside TLS as outside.
+//!
+//! With TLS required (`ftps_required`), the front refuses a login on a plain control channel
+//! ([`REPLY_LOGIN_NEEDS_TLS`]; the session may still send `AUTH TLS`) and a transfer whose data
+//! connection would be plain ([`REPLY_DATA_NEEDS_TLS`]: no `PROT P`).
 
 use super::line::{argument, classify, rewrite_key, without_telnet, Direction, LineKind};
 
@@ -20,6 +24,15 @@ pub const REPLY_TLS_READY: &[u8] = b"234 AUTH command OK. Expecting TLS Negotiat
 pub const REPLY_NO_TLS: &[u8] = b"534 TLS is not configured on this server.\r\n";
 pub const REPLY_TLS_ALREADY: &[u8] = b"503 The control channel is already TLS.\r\n";
 pub const REPLY_NO_CCC: &[u8] = b"534 The control channel stays TLS.\r\n";
+/// `USER`/`PASS` on a plain control channel while TLS is required. `530` is the reply RFC 959
+/// gives both commands for a refused login; the text must not match lftp's `ftp:retry-530`
+/// patterns, or lftp would retry the same plain login.
+pub const REPLY_LOGIN_NEEDS_TLS: &[u8] =
+    b"530 Login refused: this server requires TLS, send AUTH TLS first.\r\n";
+/// A transfer without `PROT P` while TLS is required: RFC 4217's reply for a data connection
+/// the server will not open with the current `PROT` setting.
+pub const REPLY_DATA_NEEDS_TLS: &[u8] =
+    b"521 Data connection cannot be opened with this PROT setting: this server requires PROT P.\r\n";
 
 /// Longest user name kept for counting failed logins; longer names are cut.
 const MAX_USER: usize = 256;
@@ -85,6 +98,8 @@ pub struct ControlSession {
     logged_in: bool,
     /// TLS can be started on the control channel (a certificate is configured).
     tls_available: bool,
+    /// No login without TLS on the control channel, no transfer without `PROT P`.
+    tls_required: bool,
     /// The control channel is TLS.
     tls: bool,
     /// Data connections are TLS (`PROT P`): they must be relayed, never handed over.
@@ -94,6 +109,10 @@ pub struct ControlSession {
     /// Transfer commands sent so far, and the direction of the last one.
     transfers: u64,
     direction: Option<Direction>,
+    /// The last transfer command was answered by the front (no `PROT P` while TLS is
+    /// required); it counts in `transfers`, so its data connection learns that nothing will
+    /// use it.
+    refused: bool,
 }
 
 impl ControlSession {
@@ -107,12 +126,21 @@ impl ControlSession {
             pass_in_flight: None,
             logged_in: false,
             tls_available,
+            tls_required: false,
             tls: false,
             data_tls: false,
             rest_armed: false,
             transfers: 0,
             direction: None,
+            refused: false,
         }
+    }
+
+    /// The same session with TLS required (`ftps_required`): logins only inside TLS, transfers
+    /// only with `PROT P`. Meaningful only with `tls_available`.
+    pub fn requiring_tls(mut self, required: bool) -> Self {
+        self.tls_required = required;
+        self
     }
 
     /// Decides on a complete line (terminator included). Lines the front sends on are counted
@@ -125,6 +153,11 @@ impl ControlSession {
         match kind {
             LineKind::NotAscii => return LineAction::Answer(REPLY_NOT_ASCII),
             LineKind::BadRest => return LineAction::Answer(REPLY_BAD_REST),
+            LineKind::User | LineKind::Pass if self.tls_required && !self.tls => {
+                // Nothing reaches libunftp, so the throttle counts no failure: no password
+                // was checked.
+                return LineAction::Answer(REPLY_LOGIN_NEEDS_TLS);
+            }
             LineKind::Pass => {
                 return LineAction::Login {
                     user: self.user.clone().unwrap_or_default(),
@@ -143,6 +176,12 @@ impl ControlSession {
         if let LineKind::Transfer(direction) = kind {
             self.transfers += 1;
             self.direction = Some(direction);
+            self.refused = self.tls_required && !self.data_tls;
+            if self.refused {
+                // libunftp keeps any REST offset; the next transfer is not armed, so it gets
+                // `REST 0` first.
+                return LineAction::Answer(REPLY_DATA_NEEDS_TLS);
+            }
             if direction != Direction::Listing && !armed {
                 return LineAction::ResetThenSend;
             }
@@ -268,6 +307,16 @@ impl ControlSession {
     /// Which way the last transfer command moves bytes.
     pub fn direction(&self) -> Option<Direction> {
         self.direction
+    }
+
+    /// Logins need TLS and transfers `PROT P` (`ftps_required`).
+    pub fn tls_required(&self) -> bool {
+        self.tls_required
+    }
+
+    /// The last transfer command was refused by the front itself and never reached libunftp.
+    pub fn transfer_refused(&self) -> bool {
+        self.refused
     }
 }
 
@@ -423,6 +472,62 @@ mod tests {
             plain.on_line(b"AUTH TLS\r\n"),
             LineAction::Answer(REPLY_NO_TLS)
         );
+    }
+
+    #[test]
+    fn with_tls_required_logins_wait_for_tls_and_transfers_for_prot_p() {
+        let mut s = ControlSession::new(true).requiring_tls(true);
+        s.replies_seen(1);
+        for line in [&b"USER bob\r\n"[..], b"pass x\r\n", b"\xff\xf4User bob\r\n"] {
+            assert_eq!(s.on_line(line), LineAction::Answer(REPLY_LOGIN_NEEDS_TLS));
+        }
+        // Answered by the front: libunftp owes nothing, and no login is in flight.
+        assert!(s.quiet());
+        assert!(!s.pass_pending());
+        // Other commands still go through, and the session may still start TLS.
+        assert_eq!(send(&mut s, b"FEAT\r\n"), b"FEAT\r\n");
+        assert_eq!(s.on_line(b"AUTH TLS\r\n"), LineAction::StartTls);
+        s.tls_started();
+        send(&mut s, b"USER bob\r\n");
+        assert_eq!(
+            s.on_line(b"PASS x\r\n"),
+            LineAction::Login { user: "bob".into() }
+        );
+        s.pass_sent("bob".into());
+        assert_eq!(s.on_reply(230), ReplyEvent::LoggedIn { user: "bob".into() });
+        // Inside TLS with plain data connections, every transfer is refused, and counted so
+        // that its data connection learns it.
+        send(&mut s, b"REST 100\r\n");
+        for line in [
+            &b"STOR f\r\n"[..],
+            b"RETR f\r\n",
+            b"LIST\r\n",
+            b"appe f\r\n",
+        ] {
+            assert_eq!(s.on_line(line), LineAction::Answer(REPLY_DATA_NEEDS_TLS));
+            assert!(s.transfer_refused());
+        }
+        assert_eq!(s.transfers(), 4);
+        send(&mut s, b"PBSZ 0\r\n");
+        send(&mut s, b"PROT P\r\n");
+        // The REST before the refused STOR no longer applies: this one gets REST 0 first.
+        assert_eq!(s.on_line(b"STOR f\r\n"), LineAction::ResetThenSend);
+        assert!(!s.transfer_refused());
+        assert_eq!(send(&mut s, b"LIST\r\n"), b"LIST\r\n");
+        send(&mut s, b"PROT C\r\n");
+        assert_eq!(
+            s.on_line(b"NLST\r\n"),
+            LineAction::Answer(REPLY_DATA_NEEDS_TLS)
+        );
+        // Not required: plain logins and plain transfers go through as before.
+        let mut open = ControlSession::new(true).requiring_tls(false);
+        send(&mut open, b"USER bob\r\n");
+        assert_eq!(
+            open.on_line(b"PASS x\r\n"),
+            LineAction::Login { user: "bob".into() }
+        );
+        assert_eq!(send(&mut open, b"LIST\r\n"), b"LIST\r\n");
+        assert!(!open.transfer_refused());
     }
 
     #[test]

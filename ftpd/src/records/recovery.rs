@@ -4,8 +4,13 @@
 //! CRC are those of the last checkpoint; the file may hold more bytes written since (a killed
 //! process leaves them in the page cache). Those extra bytes are read once and counted, so the
 //! record again describes exactly the bytes in the file.
+//!
+//! Each reconciled record is written with the `upload` event of the upload's end (state
+//! `interrupted`, or `verified` when the bytes stored match the declared CRC), in one
+//! transaction, so that no upload's end is missing from the journal.
 
 use crate::paths;
+use crate::records::journal::{Kind, Seen};
 use crate::records::{FileId, Record, RecordStore, StoreError};
 use crc_tools::{combine, crc_of_file_range, State};
 use std::io;
@@ -31,7 +36,8 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
         let file = match file {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                store.remove(&user, &path)?;
+                // The upload ends here too: its event says what its last checkpoint held.
+                store.remove_and_journal(Kind::Upload, &user, &path, Seen::Unknown)?;
                 report.removed += 1;
                 continue;
             }
@@ -74,7 +80,7 @@ pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreErro
                     file: id,
                     ..rec
                 };
-                store.put(&user, &path, &fixed)?;
+                store.end_upload(&user, &path, &fixed)?;
                 report.reconciled += 1;
                 report.bytes_read += read;
                 tracing::info!(%user, %path, size, recorded = rec.size, %state, "reconciled interrupted upload");
@@ -130,6 +136,44 @@ mod tests {
             (100, crc32(&data[..100]), State::Partial)
         );
         assert!(store.open_records().unwrap().is_empty());
+
+        // Each upload's end is journaled, with the record it left.
+        let page = store.journal_page(0, 10).unwrap();
+        let events: Vec<_> = page
+            .events
+            .iter()
+            .map(|(_, j)| crate::records::journal::Event::from_json(j).unwrap())
+            .map(|e| (e.seq, e.kind, e.path, e.size, e.crc, e.state))
+            .collect();
+        use crate::records::journal::EventState::{Interrupted, Verified};
+        assert_eq!(
+            events,
+            [
+                (
+                    1,
+                    Kind::Upload,
+                    "/a.ts".into(),
+                    10_000,
+                    Some(crc32(&data)),
+                    Verified
+                ),
+                (2, Kind::Upload, "/gone.ts".into(), 1, Some(1), Interrupted),
+                (
+                    3,
+                    Kind::Upload,
+                    "/short.ts".into(),
+                    100,
+                    Some(crc32(&data[..100])),
+                    Interrupted
+                ),
+            ]
+        );
+        assert_eq!(
+            recover(&store, &root).unwrap(),
+            Report::default(),
+            "nothing left to do"
+        );
+        assert_eq!(store.journal_page(0, 10).unwrap().last, 3, "journaled once");
     }
 
     #[test]

@@ -4,15 +4,22 @@
 //! embedded default is [`RedbStore`], a single file in the state directory (redb commits are
 //! crash-safe and fsynced). Records live outside every user's root, so FTP cannot see them.
 
+use crate::records::journal::{Event, JournalPage, Kind, Seen};
 use crate::records::record::Record;
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// The journal's events by seq, each the JSON of an [`Event`] (see `records/journal.rs`).
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Counters; [`JOURNAL_SEQ`] is the last seq allocated.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const JOURNAL_SEQ: &str = "journal.seq";
 
 /// A store failure (I/O, corruption); the FTP reply to it is a local error, or a full-disk
 /// reply when the disk or a quota is full.
@@ -71,6 +78,43 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     fn rename(&self, user: &str, from: &str, to: &str) -> Result<(), StoreError>;
     /// Every record still marked open, as `(user, path, record)`: transfers a crash cut short.
     fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError>;
+    /// The files waiting for a resume (`metrics::unfinished`) and their bytes, for
+    /// `ftpd_partial_files`: one pass over the records.
+    fn unfinished(&self) -> Result<crate::metrics::Unfinished, StoreError>;
+    /// The store's own metrics (commit durations), if it keeps any.
+    fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::StoreMetrics>> {
+        None
+    }
+
+    // The journal (see `records/journal.rs`): each change below and its event are one
+    // transaction, and the event's seq is allocated in it.
+
+    /// Writes the final `record` of an upload that ended and appends its `upload` event.
+    fn end_upload(&self, user: &str, path: &str, record: &Record) -> Result<Event, StoreError>;
+    /// Forgets `path` and appends a `kind` event (`delete`, `expire`; `upload` for an upload
+    /// whose file vanished) describing the record it had, as `seen` just before.
+    fn remove_and_journal(
+        &self,
+        kind: Kind,
+        user: &str,
+        path: &str,
+        seen: Seen,
+    ) -> Result<Event, StoreError>;
+    /// Forgets the record of `to`, moves those of `from` as [`RecordStore::rename`] does and
+    /// appends a `rename` event describing what `from` held, as `seen` just before.
+    fn rename_and_journal(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seen: Seen,
+    ) -> Result<Event, StoreError>;
+    /// Events with seq > `after`, at most `limit`, with the oldest kept and last seq.
+    fn journal_page(&self, after: u64, limit: usize) -> Result<JournalPage, StoreError>;
+    /// Removes up to `max` of the oldest events committed before `before`; returns how many.
+    fn journal_prune(&self, before: SystemTime, max: usize) -> Result<usize, StoreError>;
+    /// The last committed seq, updated after every commit that appends an event.
+    fn journal_watch(&self) -> watch::Receiver<u64>;
 }
 
 /// The database file with every sync skipped (durability "none"). redb's `Eventual` commits
@@ -114,6 +158,77 @@ fn decoded(key: &str, bytes: &[u8]) -> Option<Record> {
             None
         }
     }
+}
+
+/// Appends `event` to the journal under the next seq, in `txn`; returns it with its seq.
+fn append(txn: &redb::WriteTransaction, mut event: Event) -> Result<Event, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let seq = meta.get(JOURNAL_SEQ)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(JOURNAL_SEQ, seq)?;
+    event.seq = seq;
+    txn.open_table(JOURNAL)?
+        .insert(seq, event.to_json().as_slice())?;
+    Ok(event)
+}
+
+/// Removes the record of `path` in `txn`; returns it (`None` when there was none or it cannot
+/// be decoded).
+fn remove_in(
+    txn: &redb::WriteTransaction,
+    user: &str,
+    path: &str,
+) -> Result<Option<Record>, StoreError> {
+    let k = key(user, path);
+    let mut table = txn.open_table(RECORDS)?;
+    let old = table.remove(k.as_str())?.map(|v| v.value().to_vec());
+    Ok(old.and_then(|v| decoded(&k, &v)))
+}
+
+/// Moves the record of `from` (and everything below it) to `to` in `txn`; returns the record
+/// `from` itself had.
+fn rename_in(
+    txn: &redb::WriteTransaction,
+    user: &str,
+    from: &str,
+    to: &str,
+) -> Result<Option<Record>, StoreError> {
+    let mut table = txn.open_table(RECORDS)?;
+    let mut moves: Vec<(String, Vec<u8>)> = Vec::new();
+    let from_key = key(user, from);
+    let mut moved = None;
+    if let Some(v) = table.remove(from_key.as_str())? {
+        let v = v.value().to_vec();
+        moved = decoded(&from_key, &v);
+        moves.push((key(user, to), v));
+    }
+    // Everything below `from/` when `from` is a directory: '/' + 1 == '0'.
+    let lo = key(user, &format!("{from}/"));
+    let hi = key(user, &format!("{from}0"));
+    let below: Vec<(String, Vec<u8>)> = table
+        .range(lo.as_str()..hi.as_str())?
+        .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+        .collect::<Result<_, _>>()?;
+    let old_prefix = key(user, from);
+    let new_prefix = key(user, to);
+    for (k, v) in below {
+        table.remove(k.as_str())?;
+        moves.push((format!("{new_prefix}{}", &k[old_prefix.len()..]), v));
+    }
+    for (k, v) in moves {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(moved)
+}
+
+/// The commit time of a stored event; `None` when it cannot be read (damaged).
+fn event_time(bytes: &[u8]) -> Option<SystemTime> {
+    #[derive(serde::Deserialize)]
+    struct Time<'a> {
+        #[serde(borrow)]
+        time: std::borrow::Cow<'a, str>,
+    }
+    let t: Time<'_> = serde_json::from_slice(bytes).ok()?;
+    humantime::parse_rfc3339(&t.time).ok()
 }
 
 /// Opens (or creates) the database file at `path`.
@@ -187,6 +302,10 @@ pub struct RedbStore {
     /// exclusively, so the old database (and redb's lock on the file) is gone first.
     slot: RwLock<Slot>,
     health: Mutex<Health>,
+    /// Commit durations, for `ftpd_store_commit_seconds`.
+    metrics: std::sync::Arc<crate::metrics::StoreMetrics>,
+    /// The last committed journal seq, for readers waiting for new events.
+    journal_seq: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -215,6 +334,11 @@ impl RedbStore {
         let db = opener(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
+        txn.open_table(JOURNAL)?;
+        let last = txn
+            .open_table(META)?
+            .get(JOURNAL_SEQ)?
+            .map_or(0, |v| v.value());
         txn.commit()?;
         Ok(RedbStore {
             path,
@@ -225,7 +349,32 @@ impl RedbStore {
                 generation: 0,
             }),
             health: Mutex::new(Health::default()),
+            metrics: Default::default(),
+            journal_seq: watch::Sender::new(last),
         })
+    }
+
+    /// Runs `change` and appends the event it returns in one write transaction; readers hear
+    /// of the new seq once it is committed.
+    fn journaled(
+        &self,
+        change: impl Fn(&redb::WriteTransaction) -> Result<Event, StoreError>,
+    ) -> Result<Event, StoreError> {
+        let event = self.with_db(true, |db| {
+            let txn = self.write_txn(db)?;
+            let event = append(&txn, change(&txn)?)?;
+            self.commit(txn)?;
+            Ok(event)
+        })?;
+        // Commits are serial but these notifications may race: the value only grows.
+        self.journal_seq.send_if_modified(|last| {
+            let newer = event.seq > *last;
+            if newer {
+                *last = event.seq;
+            }
+            newer
+        });
+        Ok(event)
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -350,6 +499,14 @@ impl RedbStore {
         }
     }
 
+    /// Commits `txn`, timing it for `ftpd_store_commit_seconds`.
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = txn.commit();
+        self.metrics.commit_took(started.elapsed());
+        Ok(result?)
+    }
+
     fn write_txn(&self, db: &Database) -> Result<redb::WriteTransaction, StoreError> {
         let mut txn = db.begin_write()?;
         if !self.durable {
@@ -378,7 +535,7 @@ impl RecordStore for RedbStore {
                 let mut table = txn.open_table(RECORDS)?;
                 table.insert(k.as_str(), v.as_slice())?;
             }
-            txn.commit()?;
+            self.commit(txn)?;
             Ok(())
         })
     }
@@ -391,7 +548,7 @@ impl RecordStore for RedbStore {
                 let mut table = txn.open_table(RECORDS)?;
                 table.remove(k.as_str())?;
             }
-            txn.commit()?;
+            self.commit(txn)?;
             Ok(())
         })
     }
@@ -399,32 +556,30 @@ impl RecordStore for RedbStore {
     fn rename(&self, user: &str, from: &str, to: &str) -> Result<(), StoreError> {
         self.with_db(true, |db| {
             let txn = self.write_txn(db)?;
-            {
-                let mut table = txn.open_table(RECORDS)?;
-                let mut moves: Vec<(String, Vec<u8>)> = Vec::new();
-                if let Some(v) = table.remove(key(user, from).as_str())? {
-                    moves.push((key(user, to), v.value().to_vec()));
-                }
-                // Everything below `from/` when `from` is a directory: '/' + 1 == '0'.
-                let lo = key(user, &format!("{from}/"));
-                let hi = key(user, &format!("{from}0"));
-                let below: Vec<(String, Vec<u8>)> = table
-                    .range(lo.as_str()..hi.as_str())?
-                    .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
-                    .collect::<Result<_, _>>()?;
-                let old_prefix = key(user, from);
-                let new_prefix = key(user, to);
-                for (k, v) in below {
-                    table.remove(k.as_str())?;
-                    moves.push((format!("{new_prefix}{}", &k[old_prefix.len()..]), v));
-                }
-                for (k, v) in moves {
-                    table.insert(k.as_str(), v.as_slice())?;
-                }
-            }
-            txn.commit()?;
+            rename_in(&txn, user, from, to)?;
+            self.commit(txn)?;
             Ok(())
         })
+    }
+
+    fn unfinished(&self) -> Result<crate::metrics::Unfinished, StoreError> {
+        // A read transaction: writers go on meanwhile. Undecodable values count as nothing
+        // (they are logged when a command touches them).
+        self.with_db(false, |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let mut counted = crate::metrics::Unfinished::default();
+            for entry in table.iter()? {
+                if let Ok(r) = Record::decode(entry?.1.value()) {
+                    counted.add(&r);
+                }
+            }
+            Ok(counted)
+        })
+    }
+
+    fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::StoreMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
@@ -447,11 +602,104 @@ impl RecordStore for RedbStore {
             })
             .collect())
     }
+
+    fn end_upload(&self, user: &str, path: &str, record: &Record) -> Result<Event, StoreError> {
+        let (k, v) = (key(user, path), record.encode());
+        self.journaled(|txn| {
+            txn.open_table(RECORDS)?.insert(k.as_str(), v.as_slice())?;
+            Ok(Event::of_record(Kind::Upload, user, path, record))
+        })
+    }
+
+    fn remove_and_journal(
+        &self,
+        kind: Kind,
+        user: &str,
+        path: &str,
+        seen: Seen,
+    ) -> Result<Event, StoreError> {
+        self.journaled(|txn| {
+            let old = remove_in(txn, user, path)?;
+            Ok(Event::of_change(kind, user, path, old.as_ref(), seen))
+        })
+    }
+
+    fn rename_and_journal(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seen: Seen,
+    ) -> Result<Event, StoreError> {
+        self.journaled(|txn| {
+            remove_in(txn, user, to)?;
+            let moved = rename_in(txn, user, from, to)?;
+            Ok(Event::of_change(Kind::Rename, user, to, moved.as_ref(), seen).renamed_from(from))
+        })
+    }
+
+    fn journal_page(&self, after: u64, limit: usize) -> Result<JournalPage, StoreError> {
+        self.with_db(false, |db| {
+            let txn = db.begin_read()?;
+            let last = txn
+                .open_table(META)?
+                .get(JOURNAL_SEQ)?
+                .map_or(0, |v| v.value());
+            let table = txn.open_table(JOURNAL)?;
+            let oldest = match table.first()? {
+                Some((k, _)) => k.value(),
+                None => last + 1,
+            };
+            let events = table
+                .range(after.saturating_add(1)..)?
+                .take(limit)
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()?;
+            Ok(JournalPage {
+                oldest,
+                last,
+                events,
+            })
+        })
+    }
+
+    fn journal_prune(&self, before: SystemTime, max: usize) -> Result<usize, StoreError> {
+        self.with_db(true, |db| {
+            let txn = self.write_txn(db)?;
+            let n = {
+                let mut table = txn.open_table(JOURNAL)?;
+                let mut old = Vec::new();
+                for e in table.iter()?.take(max) {
+                    let (k, v) = e?;
+                    // A damaged event goes too: pruning only ever moves the oldest end.
+                    match event_time(v.value()) {
+                        Some(t) if t >= before => break,
+                        _ => old.push(k.value()),
+                    }
+                }
+                for k in &old {
+                    table.remove(k)?;
+                }
+                old.len()
+            };
+            if n > 0 {
+                self.commit(txn)?;
+            } else {
+                txn.abort()?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn journal_watch(&self) -> watch::Receiver<u64> {
+        self.journal_seq.subscribe()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::journal::{Kind, Seen};
     use crc_tools::State;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -658,5 +906,95 @@ mod tests {
             last = d;
         }
         assert_eq!(last, Duration::from_secs(5));
+    }
+
+    fn ended(size: u64) -> Record {
+        Record {
+            state: State::Complete,
+            open: false,
+            ..Record::opened(None, size, 1)
+        }
+    }
+
+    fn journal_seqs(s: &RedbStore) -> Vec<u64> {
+        let page = s.journal_page(0, 100).unwrap();
+        page.events.iter().map(|e| e.0).collect()
+    }
+
+    /// The event is written in the transaction of the record change: a failure between the
+    /// two leaves neither, and allocates no seq.
+    #[test]
+    fn a_failure_inside_the_transaction_aborts_the_record_and_its_event() {
+        let (_d, s) = store();
+        s.end_upload("u", "/a", &ended(1)).unwrap();
+        let e = s
+            .journaled(|txn| {
+                txn.open_table(RECORDS)?
+                    .insert(key("u", "/b").as_str(), ended(2).encode().as_slice())?;
+                Err(StoreError::Unavailable {
+                    cause: io::ErrorKind::Other,
+                    retry_in: Duration::ZERO,
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
+        assert!(
+            s.get("u", "/b").unwrap().is_none(),
+            "the record was rolled back"
+        );
+        assert_eq!(journal_seqs(&s), [1]);
+        assert_eq!(*s.journal_watch().borrow(), 1);
+        assert_eq!(s.end_upload("u", "/c", &ended(3)).unwrap().seq, 2, "no gap");
+    }
+
+    /// A commit that cannot reach the disk loses both the record and its event; once the disk
+    /// is back, the next event takes the next seq.
+    #[test]
+    fn a_failed_commit_loses_the_record_and_its_event_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, full) = faulty_store(dir.path());
+        s.end_upload("u", "/before", &ended(1)).unwrap();
+        s.remove_and_journal(Kind::Delete, "u", "/before", Seen::Unknown)
+            .unwrap();
+        full.store(true, Ordering::SeqCst);
+        assert!(s.end_upload("u", "/during", &ended(2)).is_err());
+        assert!(s
+            .rename_and_journal("u", "/x", "/y", Seen::Unknown)
+            .is_err());
+        full.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            match s.end_upload("u", "/after", &ended(3)) {
+                Ok(e) => break e,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("store did not come back: {e}"),
+            }
+        };
+        assert_eq!(e.seq, 3);
+        assert!(s.get("u", "/during").unwrap().is_none());
+        assert_eq!(journal_seqs(&s), [1, 2, 3]);
+    }
+
+    #[test]
+    fn rename_and_journal_replaces_the_target_record() {
+        let (_d, s) = store();
+        s.put("u", "/a", &ended(1)).unwrap();
+        s.put("u", "/b", &ended(2)).unwrap();
+        let e = s
+            .rename_and_journal("u", "/a", "/b", Seen::Unknown)
+            .unwrap();
+        assert_eq!(
+            (e.from.as_deref(), e.path.as_str(), e.size),
+            (Some("/a"), "/b", 1)
+        );
+        assert_eq!(s.get("u", "/b").unwrap().unwrap().size, 1);
+        assert!(s.get("u", "/a").unwrap().is_none());
+        // A file without a record, renamed onto a recorded one: the stale record goes.
+        s.put("u", "/c", &ended(3)).unwrap();
+        s.rename_and_journal("u", "/none", "/c", Seen::Unknown)
+            .unwrap();
+        assert!(s.get("u", "/c").unwrap().is_none());
     }
 }

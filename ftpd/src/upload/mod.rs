@@ -82,6 +82,10 @@ where
 {
     let lock = acquire(&services, &req, &abort).await?;
     let opened = open_guarded(&services, &root, &req).await?;
+    if req.start_pos > 0 {
+        // Accepted where it asked to start: those bytes are not sent again.
+        services.metrics.resumed(req.start_pos);
+    }
     let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone())
         .stream(&mut reader, &lock.stop, &abort)
         .await?;
@@ -164,6 +168,7 @@ async fn record(
         declared,
     } = streamed;
     let outcome = Outcome::of(ending, &crc, declared, received);
+    services.metrics.upload_ended(outcome.state);
     let size = outcome.size;
     let record = Record {
         declared: outcome.declared,
@@ -183,7 +188,8 @@ async fn record(
         // Everything is written back now (with fsync): the upload leaves nothing cached.
         recycle_page_cache(&file, 0, size);
         let record = record.at(FileId::of(&file.metadata()?));
-        store.put(&user, &path, &record)?;
+        // The upload's end and its journal event, in one transaction.
+        store.end_upload(&user, &path, &record)?;
         Ok(())
     })
     .await?;
@@ -396,5 +402,50 @@ mod tests {
             .expect("get")
             .expect("record");
         assert_eq!((rec.declared, rec.state), (Some(declared), State::Verified));
+    }
+
+    /// Checkpoints are not journal events: an upload that checkpoints many times journals
+    /// one event, at its end, with what its final record says.
+    #[tokio::test]
+    async fn an_upload_journals_one_event_at_its_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        for d in [&root, &state] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let store = crate::records::store::RedbStore::open(&state, false).expect("store");
+        let upload = UploadConfig {
+            checkpoint: 16 << 10,
+            ..config(16 << 10, 16 << 10)
+        };
+        let services = Arc::new(Services::new(Arc::new(store), upload, None));
+        let root = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).expect("root");
+        let data = pattern(1 << 20);
+        let declared = crc_tools::crc32(&data);
+        let req = request("/many.ts", 0, Some(declared));
+        let body = io::Cursor::new(data.clone());
+        let r = run(
+            services.clone(),
+            Arc::new(root),
+            req,
+            body,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(r.expect("upload"), data.len() as u64);
+        let page = services.store.journal_page(0, 100).expect("journal");
+        assert_eq!(page.last, 1, "one event, not one per checkpoint");
+        let e = crate::records::journal::Event::from_json(&page.events[0].1).expect("event");
+        assert_eq!(
+            (e.kind, e.path.as_str(), e.size, e.crc, e.declared, e.state),
+            (
+                crate::records::journal::Kind::Upload,
+                "/many.ts",
+                data.len() as u64,
+                Some(declared),
+                Some(declared),
+                crate::records::journal::EventState::Verified
+            )
+        );
     }
 }

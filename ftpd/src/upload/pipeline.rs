@@ -139,6 +139,8 @@ pub(super) struct Pipeline {
     last_byte: tokio::time::Instant,
     idle_timeout: Duration,
     progress: Arc<Mutex<Progress>>,
+    /// `ftpd_upload_bytes_total`: one atomic add per chunk.
+    bytes: prometheus_client::metrics::counter::Counter,
 }
 
 /// The bytes one buffer of a `chunk_len` chunk holds: the chunk itself, so the memory an upload
@@ -180,6 +182,7 @@ impl Pipeline {
             last_byte: tokio::time::Instant::now(),
             idle_timeout: cfg.data_idle_timeout,
             progress,
+            bytes: services.metrics.upload_bytes(),
         };
         pipeline.publish();
         pipeline
@@ -302,6 +305,7 @@ impl Pipeline {
     /// with a checkpoint when one is due; `spare` becomes `next`.
     fn submit(&mut self, chunk: Range<usize>) -> Result<(), UploadError> {
         self.received += chunk.len() as u64;
+        self.bytes.inc_by(chunk.len() as u64);
         self.since_checkpoint += chunk.len() as u64;
         let checkpoint = (self.since_checkpoint >= self.checkpoint_every).then(|| {
             self.since_checkpoint = 0;
