@@ -22,4 +22,5 @@ pub mod site_hash;
 pub mod site_key;
 pub mod upload;
 pub mod users;
+pub mod webhook;
 pub mod writers;

@@ -50,6 +50,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The checksum records (uploaded files) as an operator sees them.
+    Uploads {
+        #[command(subcommand)]
+        action: UploadsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UploadsAction {
+    /// One line per recorded file: user, path, state, size, declared, crc, updated. Reads
+    /// through the running server's `http_listen` (with `http_token`); when no listener
+    /// answers, from the store in `state_dir` (refused while another process holds it).
+    /// Exit 2 with one line on standard error when neither works.
+    List {
+        /// Only files in this state.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ftpd::records::uploads::STATES))]
+        state: Option<String>,
+        /// Only this user's files.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// One JSON object per line instead of a readable line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,8 +188,34 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Uploads {
+        action: UploadsAction::List { state, user, json },
+    } = &cli.command
+    {
+        let filter = match ftpd::records::uploads::Filter::new(state.as_deref(), user.as_deref()) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("ftpd uploads list: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let opts = ftpd::records::uploads::Options {
+            http_listen: settings.http_listen,
+            token: settings.http_token.as_ref().map(|t| t.0.clone()),
+            state_dir: settings.state_dir.clone(),
+            filter,
+            json: *json,
+        };
+        return match ftpd::records::uploads::run(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ftpd uploads list: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
-        Command::Events { .. } => Ok(()),
+        Command::Events { .. } | Command::Uploads { .. } => Ok(()),
         Command::CheckConfig => {
             println!("ftpd: configuration OK ({})", summary(&settings));
             Ok(())

@@ -43,6 +43,24 @@
 //! [`JournalError::Ahead`] (the cursor is past the last event: the store was replaced), a
 //! consumer resyncs from the files themselves and restarts from `oldest - 1`.
 //!
+//! # Writing it (for the expiry sweep, or any new change to the records)
+//! Never append an event on its own: change the record through the store method that
+//! journals it, so that both are one transaction. For an expiry, with the file's writer lock
+//! held (`Writers::acquire`, as DELE does) so that no upload runs on it:
+//! ```no_run
+//! # fn demo(store: &dyn ftpd::records::RecordStore, root: &cap_std::fs::Dir) -> Result<(), Box<dyn std::error::Error>> {
+//! use ftpd::records::journal::{Kind, Seen};
+//! let (user, path) = ("alice", "/old.ts");
+//! // What the file is just before it goes: the event trusts the record only if it still
+//! // describes this file (else the event says `untracked`, with the file's size).
+//! let seen = root.symlink_metadata("old.ts").map_or(Seen::Unknown, |m| Seen::of(&m));
+//! root.remove_file("old.ts")?;
+//! // Removes the record and appends {"kind":"expire",…} in one transaction; blocking.
+//! let event = store.remove_and_journal(Kind::Expire, user, path, seen)?;
+//! # let _ = event; Ok(()) }
+//! ```
+//! The returned [`Event`] carries its `seq`; waiting readers are woken after the commit.
+//!
 //! # The event (one JSON object, one line on `/events`)
 //! `{"seq":7,"time":"2025-06-01T10:00:00.123Z","kind":"upload","user":"alice","path":"/a.ts",
 //! "size":1048576,"crc":"0x1C291CA3","declared":"0x1C291CA3","state":"verified"}`

@@ -3,10 +3,12 @@
 //! files after a crash. Every change at the end of an upload, a DELE, a rename or an expiry
 //! is also appended to the [`journal`], in the same transaction.
 
+pub mod expiry;
 pub mod journal;
 pub mod record;
 pub mod recovery;
 pub mod store;
+pub mod uploads;
 
 pub use record::{FileId, Record};
 pub use store::{RecordStore, RedbStore, StoreError};

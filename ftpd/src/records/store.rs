@@ -78,6 +78,14 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     fn rename(&self, user: &str, from: &str, to: &str) -> Result<(), StoreError>;
     /// Every record still marked open, as `(user, path, record)`: transfers a crash cut short.
     fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError>;
+    /// The records of `user` (every user's with `None`) that `keep` accepts, as
+    /// `(user, path, record)` in key order, read in one snapshot (writers go on meanwhile).
+    /// Undecodable values are skipped. For the expiry and `ftpd uploads list`.
+    fn records(
+        &self,
+        user: Option<&str>,
+        keep: &dyn Fn(&Record) -> bool,
+    ) -> Result<Vec<(String, String, Record)>, StoreError>;
     /// The files waiting for a resume (`metrics::unfinished`) and their bytes, for
     /// `ftpd_partial_files`: one pass over the records.
     fn unfinished(&self) -> Result<crate::metrics::Unfinished, StoreError>;
@@ -601,6 +609,37 @@ impl RecordStore for RedbStore {
                 Some((user.to_string(), path.to_string(), record))
             })
             .collect())
+    }
+
+    fn records(
+        &self,
+        user: Option<&str>,
+        keep: &dyn Fn(&Record) -> bool,
+    ) -> Result<Vec<(String, String, Record)>, StoreError> {
+        // One user's records are the keys from `user NUL` up to `user \x01`.
+        let range = user.map(|u| (key(u, ""), format!("{u}\u{1}")));
+        self.with_db(false, |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RECORDS)?;
+            let entries = match &range {
+                Some((lo, hi)) => table.range(lo.as_str()..hi.as_str())?,
+                None => table.range::<&str>(..)?,
+            };
+            let mut found = Vec::new();
+            for entry in entries {
+                let (k, v) = entry?;
+                let Ok(record) = Record::decode(v.value()) else {
+                    continue;
+                };
+                if !keep(&record) {
+                    continue;
+                }
+                if let Some((u, p)) = k.value().split_once('\0') {
+                    found.push((u.to_string(), p.to_string(), record));
+                }
+            }
+            Ok(found)
+        })
     }
 
     fn end_upload(&self, user: &str, path: &str, record: &Record) -> Result<Event, StoreError> {

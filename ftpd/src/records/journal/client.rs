@@ -54,7 +54,7 @@ impl EventsError {
 }
 
 /// The address to connect to for a listener on `addr`: a wildcard is reached on loopback.
-fn connect_addr(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn connect_addr(addr: SocketAddr) -> SocketAddr {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -70,6 +70,54 @@ async fn get(
     since: u64,
     wait: u64,
 ) -> Result<Vec<Bytes>, EventsError> {
+    let target = format!("/events?since={since}&limit={LIMIT_DEFAULT}&wait={wait}");
+    // The server answers within `wait` seconds; a margin for a slow store.
+    let (status, body) = fetch(addr, token, &target, Duration::from_secs(wait + 30)).await?;
+    match status {
+        200 => Ok(lines(&body)),
+        410 => Err(EventsError::Gone(error_text(&body))),
+        _ => Err(status_error(status, &body)),
+    }
+}
+
+/// The non-empty lines of a JSON-lines body.
+pub(crate) fn lines(body: &Bytes) -> Vec<Bytes> {
+    body.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| body.slice_ref(l))
+        .collect()
+}
+
+/// The message of an error answer: its JSON `error` (as every route's JSON errors carry it),
+/// or else the body's text.
+pub(crate) fn error_text(body: &[u8]) -> String {
+    let t = String::from_utf8_lossy(body);
+    serde_json::from_str::<serde_json::Value>(&t)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| t.trim().to_string())
+}
+
+/// The error for an answer other than `200`: the token refused, or any other status.
+pub(crate) fn status_error(status: u16, body: &[u8]) -> EventsError {
+    match status {
+        401 | 403 => EventsError::Unauthorized(error_text(body)),
+        s => EventsError::Status {
+            status: s,
+            body: error_text(body),
+        },
+    }
+}
+
+/// One `GET target` to the HTTP listener at `addr` (the address to connect to, see
+/// [`connect_addr`]) on a connection of its own, with the bearer `token`: the status and the
+/// whole body, within `timeout`. Shared by `ftpd events` and `ftpd uploads list`.
+pub(crate) async fn fetch(
+    addr: SocketAddr,
+    token: Option<&str>,
+    target: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), EventsError> {
     let unreachable = |reason: String| EventsError::Unreachable { addr, reason };
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
@@ -85,10 +133,7 @@ async fn get(
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let driver = tokio::spawn(conn);
-    let mut req = hyper::Request::get(format!(
-        "/events?since={since}&limit={LIMIT_DEFAULT}&wait={wait}"
-    ))
-    .header(hyper::header::HOST, addr.to_string());
+    let mut req = hyper::Request::get(target).header(hyper::header::HOST, addr.to_string());
     if let Some(t) = token {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -109,32 +154,11 @@ async fn get(
             .to_bytes();
         Ok::<_, EventsError>((status, body))
     };
-    // The server answers within `wait` seconds; a margin for a slow store.
-    let (status, body) = tokio::time::timeout(Duration::from_secs(wait + 30), answer)
+    let (status, body) = tokio::time::timeout(timeout, answer)
         .await
         .map_err(|_| EventsError::Protocol("no answer in time".into()))??;
     driver.abort();
-    let text = || {
-        let t = String::from_utf8_lossy(&body);
-        // The JSON errors of /events carry their message in `error`.
-        serde_json::from_str::<serde_json::Value>(&t)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| t.trim().to_string())
-    };
-    match status.as_u16() {
-        200 => Ok(body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| body.slice_ref(l))
-            .collect()),
-        401 | 403 => Err(EventsError::Unauthorized(text())),
-        410 => Err(EventsError::Gone(text())),
-        s => Err(EventsError::Status {
-            status: s,
-            body: text(),
-        }),
-    }
+    Ok((status.as_u16(), body))
 }
 
 /// Prints the events after `opts.since` (and, with `follow`, every new one as it comes).
