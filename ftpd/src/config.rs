@@ -62,6 +62,8 @@ struct Raw {
     takeover_wait: u64,
     shutdown_grace: u64,
     journal_keep_days: u64,
+    partial_expiry_hours: f64,
+    webhook_url: String,
     front: bool,
     internal_listen: String,
     ftps_cert: PathBuf,
@@ -165,6 +167,11 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long journal events are kept (`journal_keep_days`).
     pub journal_keep: Duration,
+    /// Partial and mismatched files untouched this long are removed with their records
+    /// (`partial_expiry_hours`); `None` = off.
+    pub partial_expiry: Option<Duration>,
+    /// Where every journal event is POSTed (`webhook_url`); `None` = off.
+    pub webhook_url: Option<crate::webhook::Endpoint>,
     pub front: bool,
     pub internal_listen: SocketAddr,
     pub ftps: Option<(PathBuf, PathBuf)>,
@@ -328,6 +335,19 @@ impl Settings {
         if !(1..=36_500).contains(&r.journal_keep_days) {
             return Err(bad("journal_keep_days", "must be between 1 and 36500"));
         }
+        // Fractions are allowed (0.5 = 30 minutes); 0 turns the expiry off.
+        let h = r.partial_expiry_hours;
+        if !(h.is_finite() && (h == 0.0 || (1.0 / 3600.0..=876_000.0).contains(&h))) {
+            return Err(bad(
+                "partial_expiry_hours",
+                "must be 0 (off) or between 1/3600 (one second) and 876000 hours",
+            ));
+        }
+        let partial_expiry = (h > 0.0).then(|| Duration::from_secs_f64(h * 3600.0));
+        let webhook_url = match r.webhook_url.trim() {
+            "" => None,
+            url => Some(crate::webhook::Endpoint::parse(url).map_err(|e| bad("webhook_url", e))?),
+        };
         for (key, v) in [
             ("idle_timeout", r.idle_timeout),
             ("login_timeout", r.login_timeout),
@@ -436,6 +456,8 @@ impl Settings {
             takeover_wait: Duration::from_secs(r.takeover_wait),
             shutdown_grace: Duration::from_secs(r.shutdown_grace),
             journal_keep: Duration::from_secs(r.journal_keep_days * 86_400),
+            partial_expiry,
+            webhook_url,
             front: r.front,
             internal_listen,
             ftps,
@@ -482,6 +504,7 @@ mod tests {
         assert!(s.fsync);
         assert!(!s.anonymous);
         assert_eq!(s.journal_keep, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.partial_expiry, Some(Duration::from_secs(168 * 3600)));
         assert_eq!(
             s.login_cache_entries,
             crate::users::DEFAULT_LOGIN_CACHE_ENTRIES
@@ -533,12 +556,39 @@ mod tests {
             ("FTPD_LOGIN_CACHE_ENTRIES", "-1", "login_cache_entries"),
             ("FTPD_LOGIN_CACHE_SECONDS", "100000", "login_cache_seconds"),
             ("FTPD_JOURNAL_KEEP_DAYS", "0", "journal_keep_days"),
+            ("FTPD_PARTIAL_EXPIRY_HOURS", "-1", "partial_expiry_hours"),
+            (
+                "FTPD_PARTIAL_EXPIRY_HOURS",
+                "0.0001",
+                "partial_expiry_hours",
+            ),
+            ("FTPD_PARTIAL_EXPIRY_HOURS", "NaN", "partial_expiry_hours"),
+            ("FTPD_PARTIAL_EXPIRY_HOURS", "soon", "partial_expiry_hours"),
+            ("FTPD_WEBHOOK_URL", "ftp://example.com/", "webhook_url"),
+            ("FTPD_WEBHOOK_URL", "example.com/hook", "webhook_url"),
         ] {
             let e = Settings::load_from(None, env(&[(k, v)]))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key), "{k}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn partial_expiry_takes_fractions_of_an_hour_and_0_is_off() {
+        let expiry = |v: &str| {
+            Settings::load_from(None, env(&[("FTPD_PARTIAL_EXPIRY_HOURS", v)]))
+                .unwrap()
+                .partial_expiry
+        };
+        assert_eq!(expiry("0"), None);
+        assert_eq!(expiry("0.5"), Some(Duration::from_secs(1800)));
+        assert_eq!(expiry("24"), Some(Duration::from_secs(86_400)));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.toml");
+        std::fs::write(&f, "partial_expiry_hours = 2\n").unwrap();
+        let s = Settings::load_from(Some(&f), env(&[])).unwrap();
+        assert_eq!(s.partial_expiry, Some(Duration::from_secs(7200)));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 fn make_dir(what: &'static str, path: &Path) -> Result<(), ServeError> {
@@ -101,12 +103,36 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     // The upload journal lives in the store; this is its read side (`/events`) and retention.
     let journal = crate::records::journal::Journal::new(store.clone(), s.journal_keep);
     tokio::spawn(journal.clone().retain(JOURNAL_PRUNE_EVERY));
+    // Webhooks (`webhook_url`): a task of their own that only reads the journal.
+    let webhook_stop = tokio_util::sync::CancellationToken::new();
+    let webhook_task = match &s.webhook_url {
+        Some(url) => Some(crate::webhook::spawn(
+            url.clone(),
+            journal.clone(),
+            &s.state_dir,
+            s.fsync,
+            webhook_stop.clone(),
+        )?),
+        None => None,
+    };
 
     let services = Arc::new(Services::new(
         store,
         s.upload_config(),
         s.front.then(|| Arc::new(Handoff::default())),
     ));
+    // Expiry (`partial_expiry_hours`): old partial and mismatched files go with their records,
+    // each journaled as `expire`; it stops when the drain begins.
+    let expiry_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(after) = s.partial_expiry {
+        let expiry = crate::records::expiry::Expiry::new(
+            services.store.clone(),
+            services.writers.clone(),
+            s.root.clone(),
+            after,
+        );
+        tokio::spawn(expiry.run(expiry_stop.clone()));
+    }
     let authenticator = Arc::new(
         UsersAuthenticator::new(s.users_file.clone(), s.anonymous, s.password_threads)?
             .with_login_cache(s.login_cache_entries, s.login_cache_lifetime)
@@ -122,7 +148,8 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             let listener = crate::http::bind(addr, s.http_token.clone().map(|t| t.0)).await?;
             let metrics = services.metrics.clone();
             let app = crate::metrics::routes(metrics.clone())
-                .merge(crate::records::journal::routes(journal.clone()));
+                .merge(crate::records::journal::routes(journal.clone()))
+                .merge(crate::records::uploads::routes(services.store.clone()));
             tracing::info!(http_listen = %listener.local_addr().unwrap_or(addr), token = s.http_token.is_some(), "HTTP listener started");
             let stopped = async move {
                 let _ = http_stop_rx.await;
@@ -233,6 +260,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         _ = shutdown_signal() => {}
     }
     let _ = front_stop_tx.send(());
+    expiry_stop.cancel();
 
     // Drain: the front (when on) accepts no new connections from here; running uploads get
     // the grace period to finish, then the rest are asked to stop and record what they stored.
@@ -251,6 +279,17 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         .await;
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
+    // Webhooks stop after the uploads' last events: the POST in flight gets a moment, and what
+    // is not acknowledged by then is sent after the next start.
+    webhook_stop.cancel();
+    if let Some(mut task) = webhook_task {
+        if tokio::time::timeout(WEBHOOK_STOP_WAIT, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
     if let Some(mut task) = http_task {
         // Long-polls of `/events` answer now instead of holding the shutdown.
         journal.close();
@@ -271,6 +310,9 @@ const JOURNAL_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long uploads told to stop get to record what they stored, and their replies to go out.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the webhook POST in flight gets to finish at shutdown.
+const WEBHOOK_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How long HTTP requests still running at the end of shutdown get to finish.
 const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);

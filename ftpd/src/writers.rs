@@ -164,6 +164,39 @@ impl Writers {
         }
     }
 
+    /// Takes `key` only if nobody holds it: no writer (or DELE) of the file and no rename of it
+    /// or a directory above it. Unlike [`Writers::acquire`] it never stops a holder and never
+    /// waits; `None` means busy. For the server's own work (expiry), which must not disturb an
+    /// upload. Synchronous: usable from a blocking thread.
+    pub fn try_acquire(self: &Arc<Self>, key: FileKey) -> Option<WriteLock> {
+        let mut inner = self.lock();
+        if inner.tree_over(&key).is_some() || inner.files.contains_key(&key) {
+            return None;
+        }
+        let id = inner.next_id();
+        let (tx, rx) = watch::channel(());
+        let stop = CancellationToken::new();
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        inner.files.insert(
+            key.clone(),
+            Entry {
+                id,
+                stop: stop.clone(),
+                released: rx,
+                progress: progress.clone(),
+            },
+        );
+        self.count.send_replace(inner.files.len());
+        Some(WriteLock {
+            writers: self.clone(),
+            key,
+            id,
+            stop,
+            progress,
+            _released: tx,
+        })
+    }
+
     /// Takes the two paths of a rename, each with everything below it. A writer of either
     /// path itself is stopped and waited for, as for any newcomer (the rename target too:
     /// an upload must not go on into a file that was replaced under it). Uploads below either
@@ -500,5 +533,32 @@ mod tests {
             .acquire(key("/b"), Duration::from_millis(50))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn try_acquire_never_disturbs_a_holder() {
+        let w = Arc::new(Writers::default());
+        let upload = w.acquire(key("/a"), SHORT).await.unwrap();
+        assert!(w.try_acquire(key("/a")).is_none(), "busy");
+        assert!(
+            !upload.stop.is_cancelled(),
+            "the upload was not asked to stop"
+        );
+        drop(upload);
+        let held = w.try_acquire(key("/a")).expect("free now");
+        assert!(w.try_acquire(key("/a")).is_none());
+        // An upload arriving meanwhile asks the holder to stop and gets the file once it lets go.
+        let newcomer = tokio::spawn({
+            let w = w.clone();
+            async move { w.acquire(key("/a"), LONG).await }
+        });
+        held.stop.cancelled().await;
+        drop(held);
+        assert!(newcomer.await.unwrap().is_ok());
+        // A rename of a directory above holds the file too.
+        let _rename = w.acquire_rename("u", "/d", "/e", SHORT).await.unwrap();
+        assert!(w.try_acquire(key("/d/x")).is_none());
+        assert!(w.try_acquire(key("/dx")).is_some());
+        assert_eq!(w.active(), 0);
     }
 }
