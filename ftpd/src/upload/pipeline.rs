@@ -11,11 +11,13 @@ use crate::writers::Progress;
 use crc_tools::Crc32;
 use std::io;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// How the stream of bytes ended.
 pub(super) enum Ending {
@@ -115,6 +117,21 @@ struct Fill {
     paused: bool,
 }
 
+/// What a fill waits for besides the sender's bytes, made once per upload: a fill of a slow
+/// sender's chunk is a few reads, and making these futures anew for each one (or, worse, for
+/// each read) costs locks on the tokens and registrations with the timer wheel every time.
+struct Waits<'a, 't> {
+    stopped: Pin<&'a mut WaitForCancellationFuture<'t>>,
+    aborted: Pin<&'a mut WaitForCancellationFuture<'t>>,
+    /// Due [`ChunkPolicy::PAUSE`] after the last read; each read moves it later, which for a
+    /// timer still pending is one atomic store, and the task is woken only when the sender
+    /// really paused (re-arming it lazily instead woke a sender writing every 62 ms once per
+    /// read).
+    pause: Pin<&'a mut Sleep>,
+    /// The idle deadline; re-armed lazily when it fires, since it is long and rarely reached.
+    idle: Pin<&'a mut Sleep>,
+}
+
 /// The upload's file, its CRC and its two buffers.
 pub(super) struct Pipeline {
     file: std::fs::File,
@@ -197,9 +214,20 @@ impl Pipeline {
         stop: &CancellationToken,
         abort: &CancellationToken,
     ) -> Result<Streamed, UploadError> {
+        let stopped = stop.cancelled();
+        let aborted = abort.cancelled();
+        let pause = tokio::time::sleep(ChunkPolicy::PAUSE);
+        let idle = tokio::time::sleep_until(self.last_byte + self.idle_timeout);
+        tokio::pin!(stopped, aborted, pause, idle);
+        let mut waits = Waits {
+            stopped,
+            aborted,
+            pause,
+            idle,
+        };
         let ending = loop {
             // Fill one buffer while the previous one is being written.
-            let fill = self.fill(reader, stop, abort).await;
+            let fill = self.fill(reader, &mut waits).await;
             if let Err(e) = self.collect().await {
                 break Ending::WriteError(e);
             }
@@ -233,8 +261,7 @@ impl Pipeline {
     async fn fill<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        stop: &CancellationToken,
-        abort: &CancellationToken,
+        waits: &mut Waits<'_, '_>,
     ) -> Fill {
         const PAUSE: Duration = ChunkPolicy::PAUSE;
         let at = self.start_pos + self.received;
@@ -252,38 +279,39 @@ impl Pipeline {
         let mut end = None;
         let started = Instant::now();
         // A sender that pauses gets what it sent so far written and counted, whatever the
-        // buffer's size: the timer is armed from the last read and re-armed lazily.
-        let mut last_data = started;
-        let pause = tokio::time::sleep(PAUSE);
-        tokio::pin!(pause);
-        // Re-armed lazily like `pause`: a read does not touch the timer. Reads come before the
-        // deadline in the `select!`, so bytes waiting in the socket always win over it,
-        // however long a disk write took.
-        let idle = tokio::time::sleep_until(self.last_byte + idle_timeout);
-        tokio::pin!(idle);
+        // buffer's size: each read moves the pause deadline to `PAUSE` after it (the timer is
+        // only polled once this buffer holds bytes).
+        let Waits {
+            stopped,
+            aborted,
+            pause,
+            idle,
+        } = waits;
         let mut paused = false;
         while filled < want {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => { end = Some(Ending::Stopped); break; }
-                _ = abort.cancelled() => { end = Some(Ending::Stopped); break; }
+                _ = stopped.as_mut() => { end = Some(Ending::Stopped); break; }
+                _ = aborted.as_mut() => { end = Some(Ending::Stopped); break; }
+                // Reads come before the deadlines, so bytes waiting in the socket always win
+                // over them, however long a disk write took.
                 r = reader.read(&mut self.next[lead + filled..lead + want]) => match r {
                     Ok(0) => { end = Some(Ending::Eof); break; }
                     Ok(n) => {
                         filled += n;
-                        last_data = Instant::now();
                         self.last_byte = tokio::time::Instant::now();
+                        pause.as_mut().reset(self.last_byte + PAUSE);
                     }
                     Err(e) => { end = Some(Ending::ReadError(e)); break; }
                 },
-                _ = &mut pause, if filled > 0 => {
-                    if last_data.elapsed() >= PAUSE {
+                _ = pause.as_mut(), if filled > 0 => {
+                    if self.last_byte.elapsed() >= PAUSE {
                         paused = true;
                         break;
                     }
-                    pause.as_mut().reset((last_data + PAUSE).into());
+                    pause.as_mut().reset(self.last_byte + PAUSE);
                 }
-                _ = &mut idle => {
+                _ = idle.as_mut() => {
                     if self.last_byte.elapsed() >= idle_timeout {
                         end = Some(Ending::Idle);
                         break;
