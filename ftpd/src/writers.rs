@@ -136,28 +136,7 @@ impl Writers {
                     entry.stop.cancel();
                     entry.released.clone()
                 } else {
-                    let id = inner.next_id();
-                    let (tx, rx) = watch::channel(());
-                    let stop = CancellationToken::new();
-                    let progress = Arc::new(Mutex::new(Progress::default()));
-                    inner.files.insert(
-                        key.clone(),
-                        Entry {
-                            id,
-                            stop: stop.clone(),
-                            released: rx,
-                            progress: progress.clone(),
-                        },
-                    );
-                    self.count.send_replace(inner.files.len());
-                    return Ok(WriteLock {
-                        writers: self.clone(),
-                        key,
-                        id,
-                        stop,
-                        progress,
-                        _released: tx,
-                    });
+                    return Ok(self.hold(&mut inner, key));
                 }
             };
             wait_for_release(&mut released, deadline).await?;
@@ -173,6 +152,11 @@ impl Writers {
         if inner.tree_over(&key).is_some() || inner.files.contains_key(&key) {
             return None;
         }
+        Some(self.hold(&mut inner, key))
+    }
+
+    /// Registers `key`, free in `inner`, as held by a new writer and publishes the count.
+    fn hold(self: &Arc<Self>, inner: &mut Inner, key: FileKey) -> WriteLock {
         let id = inner.next_id();
         let (tx, rx) = watch::channel(());
         let stop = CancellationToken::new();
@@ -187,14 +171,14 @@ impl Writers {
             },
         );
         self.count.send_replace(inner.files.len());
-        Some(WriteLock {
+        WriteLock {
             writers: self.clone(),
             key,
             id,
             stop,
             progress,
             _released: tx,
-        })
+        }
     }
 
     /// Takes the two paths of a rename, each with everything below it. A writer of either

@@ -275,16 +275,20 @@ mod tests {
 
     /// A store, a root and the upload path around them, in a temporary directory.
     fn setup(idle: Duration) -> (tempfile::TempDir, Arc<Services>, Arc<Dir>) {
+        setup_with(UploadConfig {
+            data_idle_timeout: idle,
+            ..config(64 << 10, 64 << 10)
+        })
+    }
+
+    /// [`setup`] with the tunables `upload`.
+    fn setup_with(upload: UploadConfig) -> (tempfile::TempDir, Arc<Services>, Arc<Dir>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (root, state) = (dir.path().join("root"), dir.path().join("state"));
         for d in [&root, &state] {
             std::fs::create_dir_all(d).expect("mkdir");
         }
         let store = crate::records::store::RedbStore::open(&state, false).expect("store");
-        let upload = UploadConfig {
-            data_idle_timeout: idle,
-            ..config(64 << 10, 64 << 10)
-        };
         let services = Arc::new(Services::new(Arc::new(store), upload, None));
         let root = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).expect("root");
         (dir, services, Arc::new(root))
@@ -408,30 +412,15 @@ mod tests {
     /// one event, at its end, with what its final record says.
     #[tokio::test]
     async fn an_upload_journals_one_event_at_its_end() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
-        for d in [&root, &state] {
-            std::fs::create_dir_all(d).expect("mkdir");
-        }
-        let store = crate::records::store::RedbStore::open(&state, false).expect("store");
-        let upload = UploadConfig {
+        let (_dir, services, root) = setup_with(UploadConfig {
             checkpoint: 16 << 10,
             ..config(16 << 10, 16 << 10)
-        };
-        let services = Arc::new(Services::new(Arc::new(store), upload, None));
-        let root = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).expect("root");
+        });
         let data = pattern(1 << 20);
         let declared = crc_tools::crc32(&data);
         let req = request("/many.ts", 0, Some(declared));
         let body = io::Cursor::new(data.clone());
-        let r = run(
-            services.clone(),
-            Arc::new(root),
-            req,
-            body,
-            CancellationToken::new(),
-        )
-        .await;
+        let r = run(services.clone(), root, req, body, CancellationToken::new()).await;
         assert_eq!(r.expect("upload"), data.len() as u64);
         let page = services.store.journal_page(0, 100).expect("journal");
         assert_eq!(page.last, 1, "one event, not one per checkpoint");
