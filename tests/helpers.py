@@ -14,9 +14,11 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,6 +222,18 @@ def rst_close(sock: socket.socket) -> None:
     sock.close()
 
 
+def cut_upload(srv, name: str, data: bytes, sent: int, user: str = "alice") -> None:
+    """An upload of `data`, declared with KEY, whose link resets once `sent` bytes are on disk:
+    the box's connection dies in the middle of the data. The server must not call it a success."""
+    g = srv.ftp()
+    conn = start_upload(g, name, crc32(data))
+    conn.sendall(data[:sent])
+    wait_for_disk_size(srv.file(user, name), sent)
+    rst_close(conn)
+    assert final_reply(g)[:1] in "45", "a reset transfer is not a success"
+    g.close()
+
+
 def raw_control(host: str, port: int, timeout: float = 10):
     """A control connection past its 220 greeting: the socket and a binary reader of its lines."""
     s = socket.create_connection((host, port), timeout=timeout)
@@ -361,3 +375,82 @@ def wait_for_log(srv, text: str, count: int = 1, timeout: float = 10) -> None:
     while srv.log().count(text) < count:
         assert time.time() < deadline, f"{text!r} not logged:\n{srv.log()}"
         time.sleep(0.05)
+
+
+class WebhookReceiver:
+    """A webhook receiver on loopback (ftpd's `webhook_url`). Modes: `up` (200), `down` (503), `hang` (reads the
+    request and never answers until released). `refuse` answers 503 to that many requests first.
+    Every request is recorded as (mode answered, X-Ftpd-Seq, body, time received)."""
+
+    def __init__(self, refuse: int = 0, mode: str = "up"):
+        self.mode = mode
+        self.refuse = refuse
+        self.requests: list[tuple[str, int, bytes, float]] = []
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        recv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                now = time.time()
+                assert self.headers["Content-Type"] == "application/json"
+                seq = int(self.headers["X-Ftpd-Seq"])
+                with recv.lock:
+                    mode = recv.mode
+                    if recv.refuse > 0:
+                        recv.refuse -= 1
+                        mode = "down"
+                    recv.requests.append((mode, seq, body, now))
+                if mode == "hang":
+                    recv.released.wait(60)
+                    return
+                status = 200 if mode == "up" else 503
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?k=1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set(self, mode: str) -> None:
+        with self.lock:
+            self.mode = mode
+
+    def accepted(self) -> list[tuple[int, bytes, float]]:
+        """(seq, body, time) of the requests answered 200, in arrival order."""
+        with self.lock:
+            return [(s, b, t) for m, s, b, t in self.requests if m == "up"]
+
+    def delivered(self) -> dict[int, bytes]:
+        """Deduplicated by seq (at least once: duplicates are allowed)."""
+        out: dict[int, bytes] = {}
+        for seq, body, _ in self.accepted():
+            assert out.setdefault(seq, body) == body, f"seq {seq} sent with two bodies"
+        return out
+
+    def tried(self, seq: int) -> bool:
+        with self.lock:
+            return any(s == seq for _, s, _, _ in self.requests)
+
+    def wait_delivered(self, upto: int, timeout: float = 30) -> dict[int, bytes]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.delivered()
+            if len(got) >= upto:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"only {sorted(self.delivered())} of 1..{upto} delivered")
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -11,18 +11,15 @@ import pytest
 from helpers import (
     MiB,
     crc32,
+    cut_upload,
     declared_upload,
-    final_reply,
     free_port,
     info,
     key,
     pattern,
-    rst_close,
-    start_upload,
     stor,
     transfer_reply,
     upload,
-    wait_for_disk_size,
 )
 
 TOKEN = "expiry-test-token"
@@ -60,13 +57,7 @@ def make_files(srv) -> dict:
         assert not transfer_reply(f, f"STOR {name}", data).startswith("2")
 
     # Interrupted: the box's link resets in the middle of the data.
-    g = srv.ftp()
-    conn = start_upload(g, "cut.ts", crc32(cut))
-    conn.sendall(cut[:700_000])
-    wait_for_disk_size(srv.file("alice", "cut.ts"), 700_000)
-    rst_close(conn)
-    assert final_reply(g)[:1] in "45", "a reset transfer is not a success"
-    g.close()
+    cut_upload(srv, "cut.ts", cut, 700_000)
     deadline = time.time() + 10
     while info(f, "cut.ts")["state"] != "partial":
         assert time.time() < deadline, info(f, "cut.ts")

@@ -12,13 +12,12 @@ import urllib.request
 from helpers import (
     MiB,
     crc32,
+    cut_upload,
     data_of,
     declared_upload,
-    final_reply,
     free_port,
     key,
     pattern,
-    rst_close,
     send_paced,
     start_upload,
     stor,
@@ -99,13 +98,7 @@ def test_uploads_deletes_and_renames_are_journaled_in_order(ftpd_factory):
     assert not transfer_reply(f, "STOR bad.ts", bad).startswith("2")
 
     # Interrupted: the box's link resets in the middle of the data.
-    g = srv.ftp()
-    conn = start_upload(g, "cut.ts", crc32(cut))
-    conn.sendall(cut[:700_000])
-    wait_for_disk_size(srv.file("alice", "cut.ts"), 700_000)
-    rst_close(conn)
-    assert final_reply(g)[:1] in "45", "a reset transfer is not a success"
-    g.close()
+    cut_upload(srv, "cut.ts", cut, 700_000)
     interrupted = wait_for_event(srv, 3)
     stored = srv.file("alice", "cut.ts").read_bytes()
     assert stored == cut[: len(stored)]

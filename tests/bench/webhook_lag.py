@@ -19,39 +19,20 @@ import statistics
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from servers import Ftpd
 
+from helpers import WebhookReceiver
 
-class Receiver:
-    def __init__(self):
-        self.got: list[tuple[int, float, float]] = []  # (seq, event time, received)
-        self.lock = threading.Lock()
-        recv = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                now = time.time()
-                e = json.loads(body)
-                t = datetime.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
-                with recv.lock:
-                    recv.got.append((e["seq"], t, now))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+def event_lags(recv: WebhookReceiver) -> list[tuple[int, float, float]]:
+    """(seq, event time, received) of each accepted request."""
+    out = []
+    for seq, body, received in recv.accepted():
+        t = datetime.datetime.fromisoformat(json.loads(body)["time"].replace("Z", "+00:00")).timestamp()
+        out.append((seq, t, received))
+    return out
 
 
 def pct(values: list[float], p: float) -> float:
@@ -69,14 +50,14 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the server's files go (default: a temp dir)")
     a = ap.parse_args()
 
-    recv = Receiver()
+    recv = WebhookReceiver()
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         srv = Ftpd(Path(tmp) / "ftpd", webhook_url=recv.url, durability=a.durability, log_level="warn").start()
         data = b"x" * a.size
-        per_session = a.rate / a.sessions
         count = int(a.rate * a.seconds)
         errors: list[str] = []
         done = [0]
+        lock = threading.Lock()
         t_start = time.time()
 
         def session(k: int) -> None:
@@ -98,7 +79,7 @@ def main() -> None:
                     errors.append(str(e))
                 i += a.sessions
             f.quit()
-            with recv.lock:
+            with lock:
                 done[0] += n
 
         threads = [threading.Thread(target=session, args=(k,)) for k in range(a.sessions)]
@@ -109,16 +90,15 @@ def main() -> None:
         elapsed = time.time() - t_start
         deadline = time.time() + 60
         while True:
-            with recv.lock:
-                n = len({s for s, _, _ in recv.got})
+            n = len(recv.delivered())
             if n >= done[0] or time.time() > deadline:
                 break
             time.sleep(0.05)
         drained = time.time() - t_start
         srv.stop()
+    recv.close()
 
-    with recv.lock:
-        got = list(recv.got)
+    got = event_lags(recv)
     seqs = [s for s, _, _ in got]
     first_seen = []
     seen = set()
