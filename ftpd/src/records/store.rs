@@ -77,10 +77,13 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// Moves the record of `from` (and, for a directory, of everything below it) to `to`.
     fn rename(&self, user: &str, from: &str, to: &str) -> Result<(), StoreError>;
     /// Every record still marked open, as `(user, path, record)`: transfers a crash cut short.
-    fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError>;
+    fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
+        self.records(None, &|r| r.open)
+    }
     /// The records of `user` (every user's with `None`) that `keep` accepts, as
     /// `(user, path, record)` in key order, read in one snapshot (writers go on meanwhile).
-    /// Undecodable values are skipped. For the expiry and `ftpd uploads list`.
+    /// Undecodable values are logged and skipped. For recovery, the expiry and
+    /// `ftpd uploads list`.
     fn records(
         &self,
         user: Option<&str>,
@@ -590,27 +593,6 @@ impl RecordStore for RedbStore {
         Some(self.metrics.clone())
     }
 
-    fn open_records(&self) -> Result<Vec<(String, String, Record)>, StoreError> {
-        let all = self.with_db(false, |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(RECORDS)?;
-            let mut all = Vec::new();
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                all.push((k.value().to_string(), v.value().to_vec()));
-            }
-            Ok(all)
-        })?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let record = decoded(&k, &v).filter(|r| r.open)?;
-                let (user, path) = k.split_once('\0')?;
-                Some((user.to_string(), path.to_string(), record))
-            })
-            .collect())
-    }
-
     fn records(
         &self,
         user: Option<&str>,
@@ -628,7 +610,7 @@ impl RecordStore for RedbStore {
             let mut found = Vec::new();
             for entry in entries {
                 let (k, v) = entry?;
-                let Ok(record) = Record::decode(v.value()) else {
+                let Some(record) = decoded(k.value(), v.value()) else {
                     continue;
                 };
                 if !keep(&record) {
