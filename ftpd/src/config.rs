@@ -69,6 +69,73 @@ struct Raw {
     ftps_cert: PathBuf,
     ftps_key: PathBuf,
     ftps_required: bool,
+    store: String,
+    postgres_url: String,
+    node_name: String,
+    lease_seconds: u64,
+    proxy_from: String,
+}
+
+/// Where records, claims and the journal live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// One redb file in the state directory: one node.
+    Redb,
+    /// A PostgreSQL database shared by every node; the URL may carry a password, so `Debug`
+    /// does not show it.
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Redb => f.write_str("Redb"),
+            StoreChoice::Postgres { .. } => f.write_str("Postgres { url: .. }"),
+        }
+    }
+}
+
+/// `proxy_from`: comma-separated IPs or CIDR blocks.
+fn parse_proxy_from(s: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "proxy_from",
+                        format!(
+                            "'{v}' is neither an IP address nor a CIDR block such as 10.0.0.0/24"
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `node_name`, or the host name when it is empty.
+fn node_name(v: &str) -> Result<String, ConfigError> {
+    let name = match v.trim() {
+        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "ftpd".to_string()),
+        v => v.to_string(),
+    };
+    if name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(bad(
+            "node_name",
+            format!("'{name}' must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(name)
 }
 
 /// The HTTP listener's bearer token; its `Debug` does not show it.
@@ -177,6 +244,12 @@ pub struct Settings {
     pub ftps: Option<(PathBuf, PathBuf)>,
     /// No login without TLS on the control channel, no transfer without `PROT P`.
     pub ftps_required: bool,
+    pub store: StoreChoice,
+    pub node_name: String,
+    /// How long a claim on a file lasts unless renewed (shared store only).
+    pub lease: Duration,
+    /// Peers allowed to send a PROXY protocol header.
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -420,6 +493,35 @@ impl Settings {
                 "needs ftps_cert and ftps_key (TLS cannot be required without a certificate)",
             ));
         }
+        let store = match (r.store.as_str(), r.postgres_url.trim()) {
+            ("redb", "") => StoreChoice::Redb,
+            ("redb", _) => {
+                return Err(bad(
+                    "postgres_url",
+                    "is set but store = \"redb\"; set store = \"postgres\" to use it",
+                ))
+            }
+            ("postgres", "") => {
+                return Err(bad(
+                    "postgres_url",
+                    "store = \"postgres\" needs a postgres_url",
+                ))
+            }
+            ("postgres", url) => StoreChoice::Postgres {
+                url: url.to_string(),
+            },
+            (o, _) => {
+                return Err(bad(
+                    "store",
+                    format!("'{o}' is neither \"redb\" nor \"postgres\""),
+                ))
+            }
+        };
+        if !(3..=3600).contains(&r.lease_seconds) {
+            return Err(bad("lease_seconds", "must be between 3 and 3600"));
+        }
+        let proxy_from = parse_proxy_from(&r.proxy_from)?;
+        let node_name = node_name(&r.node_name)?;
         Ok(Settings {
             listen,
             passive_ports,
@@ -462,6 +564,10 @@ impl Settings {
             internal_listen,
             ftps,
             ftps_required: r.ftps_required,
+            store,
+            node_name,
+            lease: Duration::from_secs(r.lease_seconds),
+            proxy_from,
         })
     }
 }

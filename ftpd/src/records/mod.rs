@@ -11,4 +11,4 @@ pub mod store;
 pub mod uploads;
 
 pub use record::{FileId, Record};
-pub use store::{RecordStore, RedbStore, StoreError};
+pub use store::{Claim, Lease, RecordStore, RedbStore, StoreError};

@@ -34,6 +34,13 @@ pub enum StoreError {
         cause: io::ErrorKind,
         retry_in: Duration,
     },
+    /// The shared store (PostgreSQL) failed or could not be reached.
+    #[error("shared store: {0}")]
+    Shared(String),
+    /// This writer's claim on the file is gone (another node holds a newer one): nothing it
+    /// writes may be committed.
+    #[error("the claim on the file (fence {fence}) was lost to another node")]
+    Fenced { fence: u64 },
 }
 
 impl StoreError {
@@ -46,6 +53,7 @@ impl StoreError {
                 _ => None,
             },
             StoreError::Unavailable { cause, .. } => Some(*cause),
+            StoreError::Shared(_) | StoreError::Fenced { .. } => None,
         }
     }
 }
@@ -66,7 +74,29 @@ from_redb!(
     redb::CommitError
 );
 
+/// A node's claim on one file across the nodes sharing a store. `fence` grows with every new
+/// holder, and every record commit of an upload carries it, so a writer that lost its claim
+/// (paused, partitioned) can never overwrite a newer writer's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub fence: u64,
+}
+
+/// The answer to [`RecordStore::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    Acquired(Lease),
+    /// Another node holds the file; its claim runs out in `expires_in` unless renewed.
+    Held {
+        node: String,
+        expires_in: Duration,
+    },
+}
+
 /// Where records are kept. Paths are normalised, absolute within the user's root (`/a/b.ts`).
+///
+/// Every method blocks: callers run them off the async workers (`spawn_blocking`).
 pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// The record of `path`, if any.
     fn get(&self, user: &str, path: &str) -> Result<Option<Record>, StoreError>;
@@ -126,6 +156,70 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     fn journal_prune(&self, before: SystemTime, max: usize) -> Result<usize, StoreError>;
     /// The last committed seq, updated after every commit that appends an event.
     fn journal_watch(&self) -> watch::Receiver<u64>;
+
+    // Claims across nodes. The embedded store serves one process, whose in-process writer
+    // table (`writers.rs`) is the whole lock: its claims always succeed and fence nothing.
+
+    /// Whether other nodes share this store (claims, fences and takeover requests matter).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Claims `path` for `node` for `ttl`, if no other node holds a live claim on it.
+    fn claim(
+        &self,
+        _user: &str,
+        _path: &str,
+        node: &str,
+        _ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        Ok(Claim::Acquired(Lease {
+            node: node.to_owned(),
+            fence: 0,
+        }))
+    }
+    /// Extends `lease` by `ttl`; `Ok(false)` when it is no longer held (expired and taken).
+    fn renew(
+        &self,
+        _user: &str,
+        _path: &str,
+        _lease: &Lease,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Gives `lease` up (a no-op when it is no longer held).
+    fn release(&self, _user: &str, _path: &str, _lease: &Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Asks the node holding `path` to stop its upload and let go (a box resumed elsewhere).
+    fn request_takeover(&self, _user: &str, _path: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The takeover requests other nodes send, as `(user, path)`; taken once, at start.
+    fn takeover_requests(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        None
+    }
+    /// [`RecordStore::put`], committed only while `lease` is the file's current claim
+    /// ([`StoreError::Fenced`] otherwise).
+    fn put_fenced(
+        &self,
+        user: &str,
+        path: &str,
+        record: &Record,
+        _lease: &Lease,
+    ) -> Result<(), StoreError> {
+        self.put(user, path, record)
+    }
+    /// [`RecordStore::end_upload`], committed only while `lease` is the file's current claim.
+    fn end_upload_fenced(
+        &self,
+        user: &str,
+        path: &str,
+        record: &Record,
+        _lease: &Lease,
+    ) -> Result<Event, StoreError> {
+        self.end_upload(user, path, record)
+    }
 }
 
 /// The database file with every sync skipped (durability "none"). redb's `Eventual` commits
