@@ -1,5 +1,6 @@
 //! The server-wide context every session shares, built once by `server::serve`.
 
+use crate::claims::Claims;
 use crate::drain::OwedReplies;
 use crate::handoff::Handoff;
 use crate::records::RecordStore;
@@ -41,6 +42,8 @@ pub struct Services {
     pub replies: Arc<OwedReplies>,
     /// The Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Claims on files across the nodes sharing the store (always granted with redb).
+    pub claims: Arc<Claims>,
 }
 
 impl Services {
@@ -53,7 +56,9 @@ impl Services {
     ) -> Self {
         let writers = Arc::new(Writers::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(writers.clone(), store.clone()));
+        let claims = Arc::new(Claims::new(store.clone(), "ftpd", Duration::from_secs(15)));
         Services {
+            claims,
             store,
             writers,
             upload,
@@ -61,5 +66,11 @@ impl Services {
             replies: Arc::new(OwedReplies::default()),
             metrics,
         }
+    }
+
+    /// Claims made as `node`, lasting `lease` unless renewed (`node_name`, `lease_seconds`).
+    pub fn with_claims(mut self, node: &str, lease: Duration) -> Self {
+        self.claims = Arc::new(Claims::new(self.store.clone(), node, lease));
+        self
     }
 }

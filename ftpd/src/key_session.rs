@@ -4,6 +4,7 @@
 
 use crate::context::Services;
 use crate::paths::{self, PathError};
+use crate::records::recovery::{self, ReconcileError};
 use crate::records::{FileId, Record, StoreError};
 use cap_std::fs::Dir;
 use crc_tools::{KeyAnswer, KeyCommand, KeyValue, State};
@@ -212,7 +213,17 @@ impl Files {
             if !meta.is_file() {
                 return Err(KeyError::NotAFile(p));
             }
-            let record = services.store.get(&name, &p)?;
+            let record = match services.store.get(&name, &p)? {
+                Some(r) if r.open && live.is_none() && services.claims.shared() => {
+                    Some(settle_orphan(&services, &root, &name, &p, r)?)
+                }
+                r => r,
+            };
+            let meta = if record.as_ref().is_some_and(|r| !r.open) {
+                root.metadata(paths::relative(&p))?
+            } else {
+                meta
+            };
             let id = {
                 use cap_std::fs::MetadataExt;
                 FileId::new(meta.ino(), meta.mtime(), meta.mtime_nsec())
@@ -228,6 +239,34 @@ impl Files {
         .await
         .map_err(|e| KeyError::Io(io::Error::other(e)))?
     }
+}
+
+/// An open record with no writer on this node: unless another node's live claim covers the
+/// file, its writer died, so it is reconciled with the shared file now and the answer
+/// describes the bytes the file holds (a box resuming on this node needs exactly that).
+fn settle_orphan(
+    services: &Services,
+    root: &Dir,
+    user: &str,
+    path: &str,
+    open: Record,
+) -> Result<Record, KeyError> {
+    let Some(lease) = services.claims.try_claim(user, path)? else {
+        return Ok(open); // running on another node
+    };
+    let settled = (|| {
+        let Some(rec) = services.store.get(user, path)?.filter(|r| r.open) else {
+            return Ok(services.store.get(user, path)?.unwrap_or(open));
+        };
+        let file = root.open(paths::relative(path))?.into_std();
+        match recovery::reconcile_file(services.store.as_ref(), &file, user, path, rec, &lease) {
+            Ok((r, _)) => Ok(r),
+            Err(ReconcileError::Io(e)) => Err(KeyError::Io(e)),
+            Err(ReconcileError::Store(e)) => Err(KeyError::Store(e)),
+        }
+    })();
+    services.claims.release(user, path, &lease);
+    settled
 }
 
 /// A file as KEY NULL and KEY INFO present it.

@@ -1,10 +1,11 @@
 //! ftpd: an FTP upload server for set-top boxes, with the KEY command for safe resumes.
 //!
-//! libunftp serves FTP; [`storage::KeyStorage`] wraps unftp-sbe-fs and owns the upload write
-//! path ([`upload`]); [`store`] keeps one checksum [`record`] per file; [`site_key`] answers
-//! `SITE KEY`. See `docs/` for the protocol as built, configuration and operations.
+//! libunftp serves FTP; [`backend::KeyStorage`] wraps unftp-sbe-fs and owns the upload write
+//! path ([`upload`]); [`records`] keeps one checksum record per file, and [`claims`] keeps one
+//! writer per file across nodes; [`site_key`] answers `SITE KEY`. See `docs/` for the protocol as built, configuration and operations.
 
 pub mod backend;
+pub mod claims;
 pub mod config;
 pub mod context;
 pub mod drain;

@@ -13,7 +13,7 @@ use crate::users::{self, HomeProvider, UsersAuthenticator, UsersError, UsersFile
 use libunftp::options::{FailedLoginsBlock, FailedLoginsPolicy, Shutdown};
 use libunftp::ServerBuilder;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -78,6 +78,37 @@ fn ensure_an_account(s: &Settings) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Reconciles open records (uploads a crash cut short) with their files, claiming each first.
+async fn reconcile(
+    services: &Arc<Services>,
+    root: &Path,
+) -> Result<crate::records::recovery::Report, StoreError> {
+    let (services, root) = (services.clone(), root.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let holder = services.claims.holder().to_string();
+        let ttl = services.claims.ttl();
+        crate::records::recovery::recover_as(services.store.as_ref(), &root, &holder, ttl)
+    })
+    .await
+    .map_err(|e| StoreError::Shared(format!("reconciliation stopped: {e}")))?
+}
+
+/// Every `every`, reconciles the open records no live claim covers (shared store only).
+async fn sweep_orphans(services: Arc<Services>, root: PathBuf, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match reconcile(&services, &root).await {
+            Ok(r) if r.reconciled + r.removed > 0 => {
+                tracing::info!(report = ?r, "reconciled uploads a stopped node left open")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for uploads a stopped node left open")
+            }
+        }
+    }
+}
+
 /// Runs until a shutdown signal, then drains uploads for the grace period.
 pub async fn serve(s: Settings) -> Result<(), ServeError> {
     make_dir("root", &s.root)?;
@@ -85,19 +116,31 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     ensure_an_account(&s)?;
 
     let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&s.state_dir, s.fsync)?);
-    let report = {
-        let (store, root) = (store.clone(), s.root.clone());
-        tokio::task::spawn_blocking(move || {
-            crate::records::recovery::recover(store.as_ref(), &root)
-        })
-        .await
-        .map_err(|e| StoreError::from(redb::Error::Io(std::io::Error::other(e))))??
-    };
+    let services = Arc::new(
+        Services::new(
+            store.clone(),
+            s.upload_config(),
+            s.front.then(|| Arc::new(Handoff::default())),
+        )
+        .with_claims(&s.node_name, s.lease),
+    );
+    let report = reconcile(&services, &s.root).await?;
     if report.reconciled + report.removed > 0 {
         tracing::info!(
             ?report,
             "checksum store reconciled after an interrupted run"
         );
+    }
+    if services.claims.shared() {
+        tracing::info!(holder = services.claims.holder(), lease = ?s.lease, "sharing the store with other nodes");
+        // Other nodes ask this one to stop an upload a box resumed there.
+        tokio::spawn(crate::claims::serve_takeover_requests(
+            services.store.clone(),
+            services.writers.clone(),
+        ));
+        // A node that died mid-upload leaves open records: whichever node sweeps first after
+        // its claims ran out reconciles them with the shared files.
+        tokio::spawn(sweep_orphans(services.clone(), s.root.clone(), s.lease));
     }
 
     // The upload journal lives in the store; this is its read side (`/events`) and retention.
@@ -116,11 +159,6 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
         None => None,
     };
 
-    let services = Arc::new(Services::new(
-        store,
-        s.upload_config(),
-        s.front.then(|| Arc::new(Handoff::default())),
-    ));
     // Expiry (`partial_expiry_hours`): old partial and mismatched files go with their records,
     // each journaled as `expire`; it stops when the drain begins.
     let expiry_stop = tokio_util::sync::CancellationToken::new();

@@ -254,6 +254,16 @@ impl Writers {
             .map(|e| *e.progress.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Asks the writer of `key`, if one runs, to stop and save (another node resumes it);
+    /// whether one did.
+    pub fn stop(&self, key: &FileKey) -> bool {
+        self.lock()
+            .files
+            .get(key)
+            .map(|e| e.stop.cancel())
+            .is_some()
+    }
+
     /// Asks every writer to stop and save (server shutdown).
     pub fn stop_all(&self) {
         for e in self.lock().files.values() {

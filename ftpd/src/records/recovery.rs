@@ -11,7 +11,7 @@
 
 use crate::paths;
 use crate::records::journal::{Kind, Seen};
-use crate::records::{FileId, Record, RecordStore, StoreError};
+use crate::records::{Claim, FileId, Lease, Record, RecordStore, StoreError};
 use crc_tools::{combine, crc_of_file_range, State};
 use std::io;
 use std::path::Path;
@@ -23,74 +23,130 @@ pub struct Report {
     pub reconciled: usize,
     pub removed: usize,
     pub bytes_read: u64,
+    /// Open records another node's live claim covers: uploads running there.
+    pub held_elsewhere: usize,
 }
 
-/// Brings every open record in line with its file under `root/<user>/`.
+/// Why one record could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Brings every open record in line with its file under `root/<user>/` (one node, at start).
 pub fn recover(store: &dyn RecordStore, root: &Path) -> Result<Report, StoreError> {
+    recover_as(store, root, "recovery", std::time::Duration::from_secs(15))
+}
+
+/// As [`recover`], claiming each file as `holder` for `ttl` first: with a shared store, open
+/// records whose writer is alive on another node are left to it, and those of a dead writer
+/// are reconciled by whichever node gets to them first.
+pub fn recover_as(
+    store: &dyn RecordStore,
+    root: &Path,
+    holder: &str,
+    ttl: std::time::Duration,
+) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    for (user, path, rec) in store.open_records()? {
-        let file =
-            cap_std::fs::Dir::open_ambient_dir(root.join(&user), cap_std::ambient_authority())
-                .and_then(|home| home.open(paths::relative(&path)))
-                .map(|f| f.into_std());
-        let file = match file {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The upload ends here too: its event says what its last checkpoint held.
-                store.remove_and_journal(Kind::Upload, &user, &path, Seen::Unknown)?;
-                report.removed += 1;
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload");
+    for (user, path, _) in store.open_records()? {
+        let lease = match store.claim(&user, &path, holder, ttl)? {
+            Claim::Acquired(lease) => lease,
+            Claim::Held { .. } => {
+                report.held_elsewhere += 1;
                 continue;
             }
         };
-        let outcome = (|| -> io::Result<(u64, u32, u64, FileId)> {
-            let mut buf = vec![0u8; 1 << 20];
-            let meta = file.metadata()?;
-            let len = meta.len();
-            let id = FileId::of(&meta);
-            Ok(if len >= rec.size {
-                let tail = crc_of_file_range(&file, rec.size..len, &mut buf)?;
-                (
-                    len,
-                    combine(rec.crc, tail, len - rec.size),
-                    len - rec.size,
-                    id,
-                )
-            } else {
-                // Only possible when data was not fsynced before a power cut: recount it all.
-                (len, crc_of_file_range(&file, 0..len, &mut buf)?, len, id)
-            })
-        })();
-        match outcome {
-            Ok((size, crc, read, id)) => {
-                let state = if rec.declared == Some(crc) {
-                    State::Verified
-                } else {
-                    State::Partial
-                };
-                let fixed = Record {
-                    size,
-                    crc,
-                    state,
-                    open: false,
-                    updated: SystemTime::now(),
-                    file: id,
-                    ..rec
-                };
-                store.end_upload(&user, &path, &fixed)?;
-                report.reconciled += 1;
-                report.bytes_read += read;
-                tracing::info!(%user, %path, size, recorded = rec.size, %state, "reconciled interrupted upload");
-            }
-            Err(e) => {
-                tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload")
-            }
-        }
+        let done = recover_one(store, root, &user, &path, &lease, &mut report);
+        store.release(&user, &path, &lease)?;
+        done?;
     }
     Ok(report)
+}
+
+/// Reconciles the record of `path` if it is still open, under `lease`.
+fn recover_one(
+    store: &dyn RecordStore,
+    root: &Path,
+    user: &str,
+    path: &str,
+    lease: &Lease,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    // Read again under the claim: the writer may have closed it meanwhile.
+    let Some(rec) = store.get(user, path)?.filter(|r| r.open) else {
+        return Ok(());
+    };
+    let file = cap_std::fs::Dir::open_ambient_dir(root.join(user), cap_std::ambient_authority())
+        .and_then(|home| home.open(paths::relative(path)))
+        .map(|f| f.into_std());
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The upload ends here too: its event says what its last checkpoint held.
+            store.remove_and_journal(Kind::Upload, user, path, Seen::Unknown)?;
+            report.removed += 1;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload");
+            return Ok(());
+        }
+    };
+    match reconcile_file(store, &file, user, path, rec, lease) {
+        Ok((_, read)) => {
+            report.reconciled += 1;
+            report.bytes_read += read;
+        }
+        Err(ReconcileError::Store(e)) => return Err(e),
+        Err(ReconcileError::Io(e)) => {
+            tracing::error!(%user, %path, error = %e, "cannot reconcile interrupted upload")
+        }
+    }
+    Ok(())
+}
+
+/// Brings `rec`, the open record of `file`, in line with the bytes the file holds: those past
+/// the last checkpoint are read once and counted. The result is written with the upload's
+/// `upload` event while `lease` is the file's claim; returns it and the bytes read.
+pub fn reconcile_file(
+    store: &dyn RecordStore,
+    file: &std::fs::File,
+    user: &str,
+    path: &str,
+    rec: Record,
+    lease: &Lease,
+) -> Result<(Record, u64), ReconcileError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let id = FileId::of(&meta);
+    let (size, crc, read) = if len >= rec.size {
+        let tail = crc_of_file_range(file, rec.size..len, &mut buf)?;
+        (len, combine(rec.crc, tail, len - rec.size), len - rec.size)
+    } else {
+        // Only possible when data was not fsynced before a power cut: recount it all.
+        (len, crc_of_file_range(file, 0..len, &mut buf)?, len)
+    };
+    let state = if rec.declared == Some(crc) {
+        State::Verified
+    } else {
+        State::Partial
+    };
+    let fixed = Record {
+        size,
+        crc,
+        state,
+        open: false,
+        updated: SystemTime::now(),
+        file: id,
+        ..rec
+    };
+    store.end_upload_fenced(user, path, &fixed, lease)?;
+    tracing::info!(%user, %path, size, recorded = rec.size, %state, "reconciled interrupted upload");
+    Ok((fixed, read))
 }
 
 #[cfg(test)]

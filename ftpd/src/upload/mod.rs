@@ -13,7 +13,9 @@ mod pipeline;
 
 pub use open::sync_parent;
 
+use crate::claims::{ClaimError, Expired, Fence, Held};
 use crate::context::Services;
+use crate::records::recovery::ReconcileError;
 use crate::records::{FileId, Record, StoreError};
 use crate::writers::{Busy, WriteLock};
 use cap_std::fs::Dir;
@@ -68,6 +70,21 @@ pub enum UploadError {
     Store(#[from] StoreError),
 }
 
+impl From<ReconcileError> for UploadError {
+    fn from(e: ReconcileError) -> Self {
+        match e {
+            ReconcileError::Io(e) => UploadError::Io(e),
+            ReconcileError::Store(e) => UploadError::Store(e),
+        }
+    }
+}
+
+impl From<Expired> for UploadError {
+    fn from(e: Expired) -> Self {
+        UploadError::Store(StoreError::Fenced { fence: e.fence })
+    }
+}
+
 /// Runs one upload to its end. Cancel-safe by construction: the caller spawns it as a task
 /// and cancels `abort` instead of dropping it, so every exit path records what is stored.
 pub async fn run<R>(
@@ -81,15 +98,17 @@ where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let lock = acquire(&services, &req, &abort).await?;
-    let opened = open_guarded(&services, &root, &req).await?;
+    let claim = claim(&services, &req, &lock, &abort).await?;
+    let opened = open_guarded(&services, &root, &req, &claim.fence).await?;
     if req.start_pos > 0 {
         // Accepted where it asked to start: those bytes are not sent again.
         services.metrics.resumed(req.start_pos);
     }
-    let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone())
+    let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone(), &claim.fence)
         .stream(&mut reader, &lock.stop, &abort)
         .await?;
-    let outcome = record(&services, &req, streamed).await?;
+    let outcome = record(&services, &req, streamed, &claim.fence).await?;
+    drop(claim);
     drop(lock);
     reply(&req, outcome, services.upload.data_idle_timeout)
 }
@@ -107,20 +126,42 @@ async fn acquire(
     }
 }
 
+/// Claims the file across the nodes sharing the store (at once with the embedded store).
+async fn claim(
+    services: &Services,
+    req: &Request,
+    lock: &WriteLock,
+    abort: &CancellationToken,
+) -> Result<Held, UploadError> {
+    let wait = services.upload.takeover_wait;
+    let claim = services
+        .claims
+        .acquire(&req.user, &req.path, wait, &lock.stop);
+    tokio::select! {
+        c = claim => c.map_err(|e| match e {
+            ClaimError::Busy(b) => UploadError::Busy(b),
+            ClaimError::Store(s) => UploadError::Store(s),
+        }),
+        _ = abort.cancelled() => Err(UploadError::Interrupted { stored: req.start_pos }),
+    }
+}
+
 /// Opens the file where the resume guards allow this upload to start.
 async fn open_guarded(
     services: &Arc<Services>,
     root: &Arc<Dir>,
     req: &Request,
+    fence: &Fence,
 ) -> Result<Opened, UploadError> {
-    let (services, root) = (services.clone(), root.clone());
+    let (services, root, fence) = (services.clone(), root.clone(), fence.clone());
     let (user, path, start_pos, declared) = (
         req.user.clone(),
         req.path.clone(),
         req.start_pos,
         req.declared,
     );
-    blocking(move || open_for_upload(&services, &root, &user, &path, start_pos, declared)).await
+    blocking(move || open_for_upload(&services, &root, &fence, &user, &path, start_pos, declared))
+        .await
 }
 
 /// How the upload ended and what the file holds.
@@ -159,6 +200,7 @@ async fn record(
     services: &Services,
     req: &Request,
     streamed: Streamed,
+    fence: &Fence,
 ) -> Result<Outcome, UploadError> {
     let Streamed {
         ending,
@@ -179,7 +221,7 @@ async fn record(
         updated: SystemTime::now(),
         file: FileId::default(),
     };
-    let store = services.store.clone();
+    let (store, fence) = (services.store.clone(), fence.clone());
     let (user, path, fsync) = (req.user.clone(), req.path.clone(), services.upload.fsync);
     blocking(move || {
         if fsync {
@@ -188,8 +230,9 @@ async fn record(
         // Everything is written back now (with fsync): the upload leaves nothing cached.
         recycle_page_cache(&file, 0, size);
         let record = record.at(FileId::of(&file.metadata()?));
-        // The upload's end and its journal event, in one transaction.
-        store.end_upload(&user, &path, &record)?;
+        // The upload's end and its journal event, in one transaction, only while the file is
+        // still this node's.
+        store.end_upload_fenced(&user, &path, &record, fence.lease())?;
         Ok(())
     })
     .await?;

@@ -5,8 +5,10 @@
 use super::direct_io::open_direct;
 use super::guard::{self, Disk, Prefix};
 use super::UploadError;
+use crate::claims::Fence;
 use crate::context::Services;
 use crate::paths;
+use crate::records::recovery;
 use crate::records::{FileId, Record};
 use cap_std::fs::{Dir, OpenOptions};
 use std::io;
@@ -29,6 +31,7 @@ pub(super) struct Opened {
 pub(super) fn open_for_upload(
     services: &Services,
     root: &Dir,
+    fence: &Fence,
     user: &str,
     path: &str,
     start_pos: u64,
@@ -49,15 +52,22 @@ pub(super) fn open_for_upload(
         }
         Err(e) => return Err(e.into()),
     };
+    let mut record = services.store.get(user, path)?;
+    if let Some(open) = record.take_if(|r| r.open) {
+        // Left open by a writer that died (on another node, or on this one before a
+        // restart): bring it in line with the file first. The file is ours now (claimed).
+        let store = services.store.as_ref();
+        record = Some(recovery::reconcile_file(store, &file, user, path, open, fence.lease())?.0);
+    }
     let disk = Disk::of(&file.metadata()?, !existed);
     guard::admit(start_pos, &disk)?;
-    let record = services.store.get(user, path)?;
     let plan = guard::guard(start_pos, &disk, record.as_ref(), session_declared)?;
     let prefix_crc = match plan.prefix {
         Prefix::Known(crc) => crc,
         Prefix::Read { len } => crc_tools::crc_of_file_range(&file, 0..len, &mut vec![0; CRC_BUF])?,
     };
     if plan.cut {
+        fence.check()?;
         file.set_len(start_pos)?;
     }
     let direct = services
@@ -69,10 +79,11 @@ pub(super) fn open_for_upload(
         sync_parent(root, rel)?;
     }
     let id = FileId::of(&file.metadata()?);
-    services.store.put(
+    services.store.put_fenced(
         user,
         path,
         &Record::opened(plan.declared, start_pos, prefix_crc).at(id),
+        fence.lease(),
     )?;
     Ok(Opened {
         file,

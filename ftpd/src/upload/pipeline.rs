@@ -5,6 +5,7 @@
 use super::direct_io::{block_lead, recycle_page_cache, write_at, BLOCK, RECYCLE_LAG};
 use super::open::Opened;
 use super::{Request, UploadError};
+use crate::claims::Fence;
 use crate::context::{Services, UploadConfig};
 use crate::records::{FileId, Record, RecordStore};
 use crate::writers::Progress;
@@ -84,13 +85,14 @@ impl ChunkPolicy {
 }
 
 /// Where a checkpoint records the bytes written so far.
-#[derive(Clone)]
 pub(super) struct Checkpoint {
     store: Arc<dyn RecordStore>,
     user: String,
     path: String,
     declared: Option<u32>,
     fsync: bool,
+    /// The file's claim: checked before every write, carried by every commit.
+    fence: Fence,
 }
 
 impl Checkpoint {
@@ -101,7 +103,8 @@ impl Checkpoint {
         }
         let id = FileId::of(&file.metadata()?);
         let record = Record::opened(self.declared, crc.len(), crc.value()).at(id);
-        self.store.put(&self.user, &self.path, &record)?;
+        self.store
+            .put_fenced(&self.user, &self.path, &record, self.fence.lease())?;
         Ok(())
     }
 }
@@ -150,7 +153,8 @@ pub(super) struct Pipeline {
     received: u64,
     since_checkpoint: u64,
     checkpoint_every: u64,
-    checkpoint: Checkpoint,
+    /// Shared with each write: what a write checks and commits, without a copy per chunk.
+    checkpoint: Arc<Checkpoint>,
     /// When the sender last delivered a byte (or the upload began): the idle deadline counts
     /// from here, across buffers.
     last_byte: tokio::time::Instant,
@@ -173,6 +177,7 @@ impl Pipeline {
         req: &Request,
         opened: Opened,
         progress: Arc<Mutex<Progress>>,
+        fence: &Fence,
     ) -> Self {
         let cfg = &services.upload;
         let crc = Crc32::resume(opened.prefix_crc, req.start_pos);
@@ -189,13 +194,14 @@ impl Pipeline {
             received: 0,
             since_checkpoint: 0,
             checkpoint_every: cfg.checkpoint,
-            checkpoint: Checkpoint {
+            checkpoint: Arc::new(Checkpoint {
                 store: services.store.clone(),
                 user: req.user.clone(),
                 path: req.path.clone(),
                 declared: opened.declared,
                 fsync: cfg.fsync,
-            },
+                fence: fence.clone(),
+            }),
             last_byte: tokio::time::Instant::now(),
             idle_timeout: cfg.data_idle_timeout,
             progress,
@@ -335,15 +341,16 @@ impl Pipeline {
         self.received += chunk.len() as u64;
         self.bytes.inc_by(chunk.len() as u64);
         self.since_checkpoint += chunk.len() as u64;
-        let checkpoint = (self.since_checkpoint >= self.checkpoint_every).then(|| {
+        let due = self.since_checkpoint >= self.checkpoint_every;
+        if due {
             self.since_checkpoint = 0;
-            self.checkpoint.clone()
-        });
+        }
+        let checkpoint = self.checkpoint.clone();
         let buf = std::mem::replace(&mut self.next, std::mem::take(&mut self.spare));
         let f = self.file.try_clone()?;
         let (c, progress, d) = (self.crc.clone(), self.progress.clone(), self.direct.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            write_chunk(f, d.as_deref(), buf, chunk, c, checkpoint, &progress)
+            write_chunk(f, d.as_deref(), buf, chunk, c, &checkpoint, due, &progress)
         }));
         Ok(())
     }
@@ -392,13 +399,17 @@ fn write_chunk(
     buf: Vec<u8>,
     chunk: Range<usize>,
     mut crc: Crc32,
-    checkpoint: Option<Checkpoint>,
+    checkpoint: &Checkpoint,
+    checkpoint_due: bool,
     progress: &Mutex<Progress>,
 ) -> WriteDone {
     let mut direct_ok = direct.is_some();
     let result = (|| {
         let start = crc.len();
         let data = &buf[chunk];
+        // Not one byte once the claim may have passed to another node: its writer owns the
+        // file now (and this one must not cut it back either).
+        checkpoint.fence.check()?;
         if let Err(e) = write_at(&file, direct, data, start, &mut direct_ok) {
             let _ = file.set_len(start);
             return Err(UploadError::Io(e));
@@ -413,7 +424,7 @@ fn write_chunk(
             size: crc.len(),
             crc: crc.value(),
         };
-        if let Some(checkpoint) = checkpoint {
+        if checkpoint_due {
             checkpoint.write(&file, &crc)?;
         }
         Ok(())
