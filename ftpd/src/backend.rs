@@ -3,6 +3,7 @@
 //! KEY state ([`KeySession`]) lives here because libunftp builds one back-end per control
 //! connection and hands it to SITE handlers.
 
+use crate::claims::{ClaimError, Held};
 use crate::context::Services;
 use crate::ftp_error::{not_entered, path_error, store_error};
 use crate::handoff::UploadSource;
@@ -20,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
 use unftp_core::storage::{Error, ErrorKind, Fileinfo, Metadata, Result, StorageBackend};
 use unftp_sbe_fs::{Filesystem, Meta};
 
@@ -77,8 +79,8 @@ impl KeyStorage {
 
     /// The one-writer lock on `user`'s `path`, as an upload takes it: a delete waits for (or
     /// takes over from) a running upload of the same file.
-    async fn lock_file(&self, user: &FtpUser, path: &str) -> Result<WriteLock> {
-        Ok(self
+    async fn lock_file(&self, user: &FtpUser, path: &str) -> Result<(WriteLock, Held)> {
+        let lock = self
             .services
             .writers
             .acquire(
@@ -86,7 +88,23 @@ impl KeyStorage {
                 self.services.upload.takeover_wait,
             )
             .await
-            .map_err(UploadError::from)?)
+            .map_err(UploadError::from)?;
+        let claim = self.claim(user, path, &lock.stop).await?;
+        Ok((lock, claim))
+    }
+
+    /// Claims `path` across the nodes sharing the store: another node writing it lets go
+    /// first. `stop` fires if the claim is lost meanwhile.
+    async fn claim(&self, user: &FtpUser, path: &str, stop: &CancellationToken) -> Result<Held> {
+        let wait = self.services.upload.takeover_wait;
+        self.services
+            .claims
+            .acquire(&user.name, path, wait, stop)
+            .await
+            .map_err(|e| match e {
+                ClaimError::Busy(b) => UploadError::from(b).into(),
+                ClaimError::Store(s) => store_error(s),
+            })
     }
 
     /// What `path` is just before a delete or rename (not following a last symlink), for its
@@ -265,6 +283,15 @@ impl StorageBackend<FtpUser> for KeyStorage {
                 tracing::info!(user = %user.name, from = %f, to = %t, error = %e, "rename refused");
                 UploadError::from(e)
             })?;
+        // The two files themselves, across nodes (uploads below a renamed directory on other
+        // nodes are not covered: see docs/scale-out.md).
+        // Taken in one order, so two nodes renaming a to b and b to a do not wait for each other.
+        let stop = CancellationToken::new();
+        let (first, second) = if f < t { (&f, &t) } else { (&t, &f) };
+        let _claims = (
+            self.claim(user, first, &stop).await?,
+            self.claim(user, second, &stop).await?,
+        );
         if self.same_file(&f, &t).await? {
             // Two names of one file (a hard link, a symlinked directory): rename(2) does
             // nothing, so the records stay as they are.
