@@ -168,7 +168,8 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
             services.writers.clone(),
             s.root.clone(),
             after,
-        );
+        )
+        .claiming_as(services.claims.holder(), s.lease);
         tokio::spawn(expiry.run(expiry_stop.clone()));
     }
     let authenticator = Arc::new(

@@ -23,7 +23,7 @@
 
 use crate::paths;
 use crate::records::journal::{Kind, Seen};
-use crate::records::{Record, RecordStore, StoreError};
+use crate::records::{Claim, Record, RecordStore, StoreError};
 use crate::writers::Writers;
 use cap_std::fs::Dir;
 use crc_tools::State;
@@ -56,6 +56,10 @@ pub struct Expiry {
     writers: Arc<Writers>,
     root: PathBuf,
     after: Duration,
+    /// Who claims each file before removing it, and for how long (matters with a shared store,
+    /// where another node may be about to resume the file).
+    holder: String,
+    claim_ttl: Duration,
 }
 
 impl std::fmt::Debug for Expiry {
@@ -107,7 +111,16 @@ impl Expiry {
             writers,
             root,
             after,
+            holder: "expiry".to_string(),
+            claim_ttl: Duration::from_secs(15),
         }
+    }
+
+    /// Claims files as `holder` (this process's claim holder name) for `ttl` before removing them.
+    pub fn claiming_as(mut self, holder: &str, ttl: Duration) -> Self {
+        self.holder = holder.to_string();
+        self.claim_ttl = ttl;
+        self
     }
 
     /// How long a file must be untouched.
@@ -190,6 +203,22 @@ impl Expiry {
         else {
             return Ok(Outcome::Busy);
         };
+        let lease = match self.store.claim(user, path, &self.holder, self.claim_ttl)? {
+            Claim::Acquired(lease) => lease,
+            Claim::Held { .. } => return Ok(Outcome::Busy),
+        };
+        let outcome = self.expire_claimed(user, path, cutoff);
+        self.store.release(user, path, &lease)?;
+        outcome
+    }
+
+    /// [`Expiry::expire`] once the file is held here and across nodes.
+    fn expire_claimed(
+        &self,
+        user: &str,
+        path: &str,
+        cutoff: SystemTime,
+    ) -> Result<Outcome, ExpireError> {
         // Under the lock nothing else changes this record: read it again.
         let record = match self.store.get(user, path)? {
             Some(r) if untouched_since(&r, cutoff) => r,
