@@ -454,3 +454,122 @@ class WebhookReceiver:
         self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- PROXY protocol and HAProxy -------------------------------------------------------------------
+
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(client: str, client_port: int = 40000, server: str = "127.0.0.1", server_port: int = 21) -> bytes:
+    """A PROXY protocol v1 (text) header for a TCP4 connection from `client` to `server`."""
+    return f"PROXY TCP4 {client} {server} {client_port} {server_port}\r\n".encode()
+
+
+def proxy_v2(client: str | None, client_port: int = 40000, server: str = "127.0.0.1", server_port: int = 21) -> bytes:
+    """A PROXY protocol v2 (binary) header for a TCP4 connection from `client` to `server`; a
+    `LOCAL` one, as a balancer's health check sends, when `client` is None."""
+    if client is None:
+        return PROXY_V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
+    addresses = socket.inet_aton(client) + socket.inet_aton(server) + struct.pack("!HH", client_port, server_port)
+    return PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
+@dataclass
+class Node:
+    """One ftpd node behind HAProxy: where it listens and its own passive range."""
+
+    host: str
+    port: int
+    passive: tuple[int, int]
+
+
+class HAProxy:
+    """A real HAProxy (TCP mode) in front of ftpd nodes, set up as conf/haproxy.cfg is: the
+    control port balanced over the nodes (`leastconn`, PROXY v2, a check that expects the 220
+    banner), and each node's passive range forwarded to that node alone on the same port (PROXY
+    v1). It listens on `host` (the control port is free_port()'s, the passive ports are the
+    nodes' own numbers) and connects to the nodes from `source` when given, the address their
+    `proxy_from` lists. A context manager: the process is always stopped on the way out."""
+
+    def __init__(self, directory: Path, nodes: list[Node], host: str = "127.0.0.1", source: str | None = None):
+        self.nodes, self.host, self.source = nodes, host, source
+        self.port = free_port(host)
+        self.cfg_path = directory / "haproxy.cfg"
+        self.log_path = directory / "haproxy.log"
+        self.proc: subprocess.Popen | None = None
+
+    def config(self) -> str:
+        lines = [
+            "global",
+            "    maxconn 2000",
+            "    log stderr format raw local0 info",
+            "defaults",
+            "    mode tcp",
+            "    log global",
+            "    option tcplog",
+            "    timeout connect 5s",
+            "    timeout client 1h",
+            "    timeout server 1h",
+            "    timeout tunnel 1h",
+        ]
+        if self.source:
+            lines.append(f"    source {self.source}")
+        lines += [
+            "frontend ftp",
+            f"    bind {self.host}:{self.port}",
+            "    default_backend ftp_nodes",
+            "backend ftp_nodes",
+            "    balance leastconn",
+            "    option tcp-check",
+            "    tcp-check expect rstring ^220",
+            "    tcp-check send QUIT\\r\\n",
+            "    tcp-check expect rstring ^221",
+        ]
+        lines += [
+            f"    server node{i} {n.host}:{n.port} send-proxy-v2 check inter 2s"
+            for i, n in enumerate(self.nodes, 1)
+        ]
+        for i, n in enumerate(self.nodes, 1):
+            lines += [
+                f"frontend ftp_passive_node{i}",
+                f"    bind {self.host}:{n.passive[0]}-{n.passive[1]}",
+                f"    default_backend ftp_passive_node{i}",
+                f"backend ftp_passive_node{i}",
+                f"    server node{i} {n.host} send-proxy",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> "HAProxy":
+        self.cfg_path.write_text(self.config())
+        check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg_path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["haproxy", "-f", str(self.cfg_path), "-db"], stdout=log, stderr=log)
+        try:
+            # Through HAProxy to a node: the first bytes are a node's banner.
+            wait_listening(self.host, self.port, self.proc, "haproxy", log=self.log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> "HAProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -174,7 +174,9 @@ impl Claims {
                     return Ok(Held { fence, renewal });
                 }
                 Claim::Held { node, expires_in } => {
-                    if !asked_to_let_go {
+                    // This process's own claims (a reconciliation of the file) end by
+                    // themselves; a request would only stop this process's writers.
+                    if !asked_to_let_go && node != self.holder {
                         asked_to_let_go = true;
                         tracing::info!(%user, %path, holder = %node, ?expires_in, "file held by another node; asking it to let go");
                         let (store, u, p) =

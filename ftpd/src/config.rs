@@ -280,6 +280,7 @@ impl Settings {
         cfg.data_idle = self.data_idle_timeout;
         cfg.keepalive = self.keepalive;
         cfg.tls_required = self.ftps_required;
+        cfg.proxy_from = self.proxy_from.clone();
         cfg
     }
 
@@ -521,6 +522,13 @@ impl Settings {
             return Err(bad("lease_seconds", "must be between 3 and 3600"));
         }
         let proxy_from = parse_proxy_from(&r.proxy_from)?;
+        if !proxy_from.is_empty() && !r.front {
+            // libunftp alone would read the header as a command line.
+            return Err(bad(
+                "proxy_from",
+                "needs front = true (the front reads the PROXY headers)",
+            ));
+        }
         let node_name = node_name(&r.node_name)?;
         Ok(Settings {
             listen,
@@ -780,5 +788,24 @@ mod tests {
         assert!(s.front_config(s.internal_listen).tls_required);
         let e = s.ftps_config().unwrap_err().to_string();
         assert!(e.contains("`ftps_cert`"), "{e}");
+    }
+
+    #[test]
+    fn proxy_from_reaches_the_front_and_needs_it() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(s.front_config(s.internal_listen).proxy_from.is_empty());
+        let balancers = [("FTPD_PROXY_FROM", "127.0.0.1, 10.0.0.0/24")];
+        let s = Settings::load_from(None, env(&balancers)).unwrap();
+        let nets = s.front_config(s.internal_listen).proxy_from;
+        assert_eq!(nets.len(), 2);
+        assert!(nets[1].contains(&"10.0.0.9".parse::<std::net::IpAddr>().unwrap()));
+        let e = Settings::load_from(None, env(&[balancers[0], ("FTPD_FRONT", "false")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`proxy_from`"), "{e}");
+        let e = Settings::load_from(None, env(&[("FTPD_PROXY_FROM", "balancer")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`proxy_from`"), "{e}");
     }
 }

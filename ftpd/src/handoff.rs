@@ -106,6 +106,8 @@ impl Handoff {
 pub struct UploadSource<R> {
     inner: R,
     state: Source,
+    /// The receive low-water mark asked for, and the one set on the client's socket.
+    low_water: (usize, usize),
 }
 
 enum Source {
@@ -136,7 +138,22 @@ impl<R: AsyncRead + Unpin> UploadSource<R> {
             },
             None => Source::Inner,
         };
-        UploadSource { inner, state }
+        UploadSource {
+            inner,
+            state,
+            low_water: (1, 1),
+        }
+    }
+
+    /// Sets `SO_RCVLOWAT` on the client's socket once it is read directly, if it changed.
+    fn apply_low_water(&mut self) {
+        let (asked, set) = self.low_water;
+        if let (Source::Client(client), true) = (&self.state, asked != set) {
+            if let Err(e) = set_recv_low_water(client, asked) {
+                tracing::debug!(error = %e, "SO_RCVLOWAT not set");
+            }
+            self.low_water.1 = asked;
+        }
     }
 
     /// Whether the bytes now come from the client's socket directly.
@@ -170,7 +187,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for UploadSource<R> {
                     this.state = match parked {
                         Some(client) => {
                             tracing::debug!("upload reads the client's data connection directly");
-                            Source::Client(client)
+                            this.state = Source::Client(client);
+                            this.apply_low_water();
+                            continue;
                         }
                         None => Source::Replay { buf, pos: 0, len },
                     };
@@ -192,10 +211,48 @@ impl<R: AsyncRead + Unpin> AsyncRead for UploadSource<R> {
     }
 }
 
+// `SO_RCVLOWAT`, which neither socket2 nor tokio offers, as nix's helper defines options.
+#[derive(Clone, Copy, Debug)]
+struct RecvLowWater;
+nix::setsockopt_impl!(
+    RecvLowWater,
+    libc::SOL_SOCKET,
+    libc::SO_RCVLOWAT,
+    libc::c_int,
+    nix::sys::socket::sockopt::SetStruct<libc::c_int>
+);
+
+fn set_recv_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    nix::sys::socket::setsockopt(sock, RecvLowWater, &value).map_err(io::Error::from)
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> crate::upload::Source for UploadSource<R> {
+    fn low_water(&mut self, bytes: usize) {
+        self.low_water.0 = bytes.max(1);
+        self.apply_low_water();
+    }
+
+    fn drain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Source::Client(client) = &self.state else {
+            return Ok(0);
+        };
+        // A plain recv on the non-blocking socket: bytes below the low-water mark raise no
+        // readiness, so tokio's own read would not even try.
+        let sock = socket2::SockRef::from(client);
+        match std::io::Read::read(&mut &*sock, buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn read_all<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
@@ -283,6 +340,39 @@ mod tests {
         // Used once: the same bytes again are only data.
         let again = read_all(UploadSource::new(ticket.as_bytes(), Some(handoff))).await;
         assert_eq!(again, ticket.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn below_the_low_water_mark_bytes_wait_for_a_drain_or_the_end() {
+        use crate::upload::Source;
+        let handoff = Arc::new(Handoff::default());
+        let (mut client, parked) = pair().await;
+        let ticket = handoff.park(parked).expect("park");
+        client.write_all(b"first").await.expect("write");
+        let inner = std::io::Cursor::new(ticket.as_bytes().to_vec());
+        let mut source = UploadSource::new(inner, Some(handoff));
+        let mut buf = [0u8; 64];
+        let n = source.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"first");
+        assert!(source.handed_off());
+
+        source.low_water(1 << 10);
+        client.write_all(b"below the mark").await.expect("write");
+        let woken = tokio::time::timeout(Duration::from_millis(300), source.read(&mut buf)).await;
+        assert!(
+            woken.is_err(),
+            "14 bytes under a 1 KiB mark must not wake the reader"
+        );
+        let n = source.drain(&mut buf).expect("drain");
+        assert_eq!(&buf[..n], b"below the mark");
+        assert_eq!(source.drain(&mut buf).expect("drain"), 0, "nothing left");
+
+        // The end of the stream wakes the reader whatever the mark.
+        client.write_all(b"tail").await.expect("write");
+        drop(client);
+        let mut rest = Vec::new();
+        source.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"tail");
     }
 
     #[tokio::test]

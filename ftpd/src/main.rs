@@ -203,6 +203,7 @@ fn main() -> ExitCode {
             http_listen: settings.http_listen,
             token: settings.http_token.as_ref().map(|t| t.0.clone()),
             state_dir: settings.state_dir.clone(),
+            store: settings.store.clone(),
             filter,
             json: *json,
         };
@@ -229,8 +230,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(ftpd::server::serve(settings))
-                .map_err(|e| e.to_string())
+            if let Err(e) = rt.block_on(ftpd::server::serve(settings)) {
+                eprintln!("ftpd: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+            Ok(())
         }
         Command::User { action } => user_command(&settings, action),
         Command::Defaults => Ok(()),

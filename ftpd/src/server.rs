@@ -2,11 +2,12 @@
 //! server until SIGTERM / Ctrl-C.
 
 use crate::backend::KeyStorage;
-use crate::config::Settings;
+use crate::config::{Settings, StoreChoice};
 use crate::context::Services;
 use crate::drain::ReplyWatcher;
 use crate::handoff::Handoff;
-use crate::records::{RecordStore, RedbStore, StoreError};
+use crate::records::postgres::ConnectError;
+use crate::records::{PgStore, RecordStore, RedbStore, StoreError};
 use crate::site_hash::SiteHash;
 use crate::site_key::SiteKey;
 use crate::users::{self, HomeProvider, UsersAuthenticator, UsersError, UsersFile};
@@ -31,6 +32,9 @@ pub enum ServeError {
     Users(#[from] UsersError),
     #[error("cannot open the checksum store in the state directory: {0}")]
     Store(#[from] StoreError),
+    /// `store = "postgres"` and the database cannot be used: a bad setting (exit 2).
+    #[error(transparent)]
+    Postgres(#[from] ConnectError),
     #[error("server: {0}")]
     Server(#[from] libunftp::ServerError),
     #[error("cannot serve FTP on {addr}: {reason}")]
@@ -49,6 +53,36 @@ pub enum ServeError {
     Http(#[from] crate::http::HttpError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
+}
+
+impl ServeError {
+    /// The process's exit code: 2 for a setting that cannot work (as `ftpd` answers a bad
+    /// configuration), 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Postgres(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How long start-up waits for PostgreSQL to answer before it gives up.
+const POSTGRES_WAIT: Duration = Duration::from_secs(10);
+
+/// The record store that `store` chooses.
+async fn open_store(s: &Settings) -> Result<Arc<dyn RecordStore>, ServeError> {
+    match &s.store {
+        StoreChoice::Redb => Ok(Arc::new(RedbStore::open(&s.state_dir, s.fsync)?)),
+        StoreChoice::Postgres { url } => {
+            let (url, node) = (url.clone(), s.node_name.clone());
+            // Connecting blocks (with retries): off the async workers.
+            let store =
+                tokio::task::spawn_blocking(move || PgStore::connect(&url, &node, POSTGRES_WAIT))
+                    .await
+                    .map_err(|e| ConnectError::Runtime(std::io::Error::other(e)))??;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 fn make_dir(what: &'static str, path: &Path) -> Result<(), ServeError> {
@@ -115,7 +149,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     make_dir("state", &s.state_dir)?;
     ensure_an_account(&s)?;
 
-    let store: Arc<dyn RecordStore> = Arc::new(RedbStore::open(&s.state_dir, s.fsync)?);
+    let store = open_store(&s).await?;
     let services = Arc::new(
         Services::new(
             store.clone(),

@@ -111,7 +111,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servers import (  # first: puts tests/ on sys.path
-    RELEASE,
     Ftpd,
     PureFtpd,
     Server,
@@ -119,6 +118,7 @@ from servers import (  # first: puts tests/ on sys.path
     VsftpdVirtual,
     proc_table,
     pure_ftpd_binaries,
+    ftpd_binary,
     sha512_crypt,
 )
 
@@ -151,7 +151,7 @@ def ftpd_users_file(path: Path, accounts: list[Account]) -> None:
     env = dict(os.environ, FTPD_USERS_FILE=str(path))
     for a in accounts:
         subprocess.run(
-            [str(RELEASE / "ftpd"), "user", "add", a.user, "--password-stdin"],
+            [str(ftpd_binary()), "user", "add", a.user, "--password-stdin"],
             input=a.password + "\n",
             env=env,
             check=True,
@@ -896,8 +896,8 @@ def setup_accounts(ctx) -> str:
 
 def main() -> int:
     args = parse_args()
-    if not (RELEASE / "ftpd").is_file():
-        print(f"{RELEASE / 'ftpd'} not found: cargo build --release -p ftpd", file=sys.stderr)
+    if not ftpd_binary().is_file():
+        print(f"{ftpd_binary()} not found: cargo build --release -p ftpd", file=sys.stderr)
         return 2
     clients = max(max(args.sizes), args.storm)
     limit = raise_nofile(3 * clients + 2000)
@@ -909,10 +909,10 @@ def main() -> int:
         print(setup_accounts(ctx))
         print(check_costs(ctx.users_file))
         kinds, notes = kinds_of(ctx, clients)
-        version = subprocess.run([str(RELEASE / "ftpd"), "--version"], capture_output=True, text=True).stdout.strip()
+        version = subprocess.run([str(ftpd_binary()), "--version"], capture_output=True, text=True).stdout.strip()
         print(f"{limit}; files in {base}")
-        built = time.strftime("%Y-%m-%d %H:%M", time.localtime((RELEASE / "ftpd").stat().st_mtime))
-        print(f"- ftpd: {RELEASE / 'ftpd'} ({version}, built {built})")
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(ftpd_binary().stat().st_mtime))
+        print(f"- ftpd: {ftpd_binary()} ({version}, built {built})")
         for k in kinds:
             print(f"- {k.label}: {k.how}")
         for note in notes:

@@ -123,6 +123,11 @@ class Server:
                     pass
 
 
+def ftpd_binary() -> Path:
+    """The ftpd under test: BENCH_FTPD_BIN (to compare two builds), else the release build."""
+    return Path(os.environ.get("BENCH_FTPD_BIN", RELEASE / "ftpd"))
+
+
 class Ftpd(Server):
     name = "ftpd"
     user = "bench"
@@ -146,7 +151,7 @@ class Ftpd(Server):
         self.env.update({f"FTPD_{k.upper()}": str(v) for k, v in settings.items()})
         if not (base / "users.json").exists():
             subprocess.run(
-                [str(RELEASE / "ftpd"), "user", "add", self.user, "--password-stdin"],
+                [str(ftpd_binary()), "user", "add", self.user, "--password-stdin"],
                 input=self.password + "\n",
                 env=self.env,
                 check=True,
@@ -156,7 +161,7 @@ class Ftpd(Server):
 
     def start(self) -> "Ftpd":
         self.proc = subprocess.Popen(
-            [str(RELEASE / "ftpd"), "serve"],
+            [str(ftpd_binary()), "serve"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.base / "ftpd.log", "ab"),

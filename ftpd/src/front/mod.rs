@@ -64,12 +64,23 @@
 //!   carries only IPv4.
 //! * Log events of the front name the real client address (`client`); "control connection
 //!   opened" also names the back-end connection (`via`) under which libunftp logs the session.
+//!
+//! # Behind a balancer
+//! A connection, control or passive, from an address in `proxy_from` starts with a PROXY
+//! protocol header (v1 or v2, [`proxy_header`]) naming the client. That client address then
+//! stands for the peer everywhere above: connection limits, the failed-login throttle, passive
+//! promises (the balancer's data connection carries a header too) and the `client` of log
+//! events. A missing, malformed or oversized header closes the connection without a word
+//! (logged with the balancer as `proxy`), and nothing reaches libunftp; a v2 `LOCAL` header (a
+//! health check) keeps the balancer's own address. From anywhere else a PROXY line is an
+//! ordinary command line, and libunftp answers it as an unknown command.
 
 mod control;
 mod data;
 pub mod limits;
 pub mod line;
 pub mod passive;
+pub mod proxy_header;
 pub mod reply;
 pub mod session;
 #[cfg(target_os = "linux")]
@@ -82,6 +93,7 @@ use control::ControlSettings;
 use data::DataSettings;
 use limits::{Connections, Refusal};
 use passive::PassiveTable;
+use proxy_header::{Ends, ProxyFrom, HEADER_TIMEOUT};
 use throttle::LoginThrottle;
 
 use std::future::Future;
@@ -90,8 +102,9 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tracing::field::Empty;
 use tracing::Instrument;
 
 /// Where the front listens, where libunftp is, and the front's limits.
@@ -133,6 +146,9 @@ pub struct FrontConfig {
     pub tls_required: bool,
     /// Where plain uploads are parked for the upload path to read directly; `None` relays them.
     pub handoff: Option<Arc<Handoff>>,
+    /// Balancers whose connections start with a PROXY protocol header naming the client
+    /// (`proxy_from`); empty: none.
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 impl FrontConfig {
@@ -172,6 +188,7 @@ impl FrontConfig {
             tls: None,
             tls_required: false,
             handoff: None,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -368,36 +385,17 @@ impl Front {
             tls_required: cfg.tls_required,
         };
         let connections = Connections::new(cfg.max_connections, cfg.max_connections_per_address);
+        let proxy = ProxyFrom::new(&cfg.proxy_from);
+        let control_proxy = proxy.clone();
         let mut acceptors = JoinSet::new();
-        acceptors.spawn(accept_loop(control, move |mut stream, peer| {
-            let span = tracing::info_span!("ftp", client = %peer);
-            let settings = settings.clone();
-            match connections.admit(limits::canonical(peer).ip()) {
-                Ok(place) => {
-                    tokio::spawn(
-                        async move {
-                            control::control_connection(stream, peer, settings).await;
-                            drop(place);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(refusal) => {
-                    tokio::spawn(
-                        async move {
-                            tracing::warn!(?refusal, "connection limit reached; refused");
-                            let reply: &[u8] = match refusal {
-                                Refusal::Total => b"421 Too many connections, try again later.\r\n",
-                                Refusal::Address => {
-                                    b"421 Too many connections from your address, try again later.\r\n"
-                                }
-                            };
-                            control::farewell(&mut stream, reply).await;
-                        }
-                        .instrument(span),
-                    );
-                }
-            }
+        acceptors.spawn(accept_loop(control, move |stream, peer| {
+            let proxied = control_proxy.trusts(peer.ip());
+            let span = match proxied {
+                false => tracing::info_span!("ftp", client = %peer, proxy = Empty),
+                true => tracing::info_span!("ftp", client = Empty, proxy = %peer),
+            };
+            let serve = serve_control(stream, peer, proxied, settings.clone(), connections.clone());
+            tokio::spawn(serve.instrument(span));
         }));
         let data = DataSettings {
             passive: table,
@@ -407,11 +405,15 @@ impl Front {
         };
         for (port, listener) in passive {
             let data = data.clone();
+            let proxy = proxy.clone();
             acceptors.spawn(accept_loop(listener, move |stream, peer| {
-                let span = tracing::info_span!("ftp-data", client = %peer);
-                tokio::spawn(
-                    data::data_connection(stream, peer, port, data.clone()).instrument(span),
-                );
+                let proxied = proxy.trusts(peer.ip());
+                let span = match proxied {
+                    false => tracing::info_span!("ftp-data", client = %peer, proxy = Empty),
+                    true => tracing::info_span!("ftp-data", client = Empty, proxy = %peer),
+                };
+                let serve = serve_data(stream, peer, proxied, port, data.clone());
+                tokio::spawn(serve.instrument(span));
             }));
         }
         let result = tokio::select! {
@@ -428,6 +430,74 @@ impl Front {
         acceptors.shutdown().await;
         tracing::info!("front stopped accepting connections");
         result
+    }
+}
+
+/// Who a new connection is between: for one from a balancer (`proxied`), the ends its PROXY
+/// header names, recorded as the span's `client`. `None` when it cannot be served (logged).
+async fn arrival(stream: &mut TcpStream, peer: SocketAddr, proxied: bool) -> Option<Ends> {
+    let tcp = match Ends::of(stream, peer) {
+        Ok(ends) => ends,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the local address of a connection");
+            return None;
+        }
+    };
+    if !proxied {
+        return Some(tcp);
+    }
+    match proxy_header::read_header(stream, tcp, HEADER_TIMEOUT).await {
+        Ok(ends) => {
+            tracing::Span::current().record("client", tracing::field::display(ends.peer));
+            tracing::debug!(client = %ends.peer, proxy = %peer, "PROXY header read");
+            Some(ends)
+        }
+        Err(e) => {
+            tracing::warn!(proxy = %peer, error = %e, "no usable PROXY header; connection closed");
+            None
+        }
+    }
+}
+
+/// Serves a new control connection: admitted by its client's address, or refused with `421`.
+async fn serve_control(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    settings: ControlSettings,
+    connections: Arc<Connections>,
+) {
+    let Some(ends) = arrival(&mut stream, peer, proxied).await else {
+        return;
+    };
+    match connections.admit(ends.peer.ip()) {
+        Ok(place) => {
+            control::control_connection(stream, ends, settings).await;
+            drop(place);
+        }
+        Err(refusal) => {
+            tracing::warn!(client = %ends.peer, ?refusal, "connection limit reached; refused");
+            let reply: &[u8] = match refusal {
+                Refusal::Total => b"421 Too many connections, try again later.\r\n",
+                Refusal::Address => {
+                    b"421 Too many connections from your address, try again later.\r\n"
+                }
+            };
+            control::farewell(&mut stream, reply).await;
+        }
+    }
+}
+
+/// Serves a new connection to passive port `port`.
+async fn serve_data(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    port: u16,
+    settings: DataSettings,
+) {
+    if let Some(ends) = arrival(&mut stream, peer, proxied).await {
+        data::data_connection(stream, ends.peer, port, settings).await;
     }
 }
 

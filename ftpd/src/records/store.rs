@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The shared store (PostgreSQL) failed or could not be reached.
     #[error("shared store: {0}")]
     Shared(String),
+    /// The shared store ran out of disk space: answered as a full disk, as the embedded
+    /// store's is.
+    #[error("shared store: {0}")]
+    SharedFull(String),
     /// This writer's claim on the file is gone (another node holds a newer one): nothing it
     /// writes may be committed.
     #[error("the claim on the file (fence {fence}) was lost to another node")]
@@ -53,6 +57,7 @@ impl StoreError {
                 _ => None,
             },
             StoreError::Unavailable { cause, .. } => Some(*cause),
+            StoreError::SharedFull(_) => Some(io::ErrorKind::StorageFull),
             StoreError::Shared(_) | StoreError::Fenced { .. } => None,
         }
     }
@@ -620,6 +625,25 @@ impl RedbStore {
         Ok(txn)
     }
 }
+
+#[cfg(test)]
+impl RedbStore {
+    /// Writes `record` and appends its event in one transaction, then fails before the commit
+    /// (for the store contract's tests).
+    pub(crate) fn fail_a_change(&self, user: &str, path: &str, record: &Record) -> StoreError {
+        let (k, v) = (key(user, path), record.encode());
+        let failed = self.journaled(|txn| {
+            txn.open_table(RECORDS)?.insert(k.as_str(), v.as_slice())?;
+            append(txn, Event::of_record(Kind::Upload, user, path, record))?;
+            Err(StoreError::Unavailable {
+                cause: io::ErrorKind::Other,
+                retry_in: Duration::ZERO,
+            })
+        });
+        failed.expect_err("the change was made to fail")
+    }
+}
+
 impl RecordStore for RedbStore {
     fn get(&self, user: &str, path: &str) -> Result<Option<Record>, StoreError> {
         let k = key(user, path);
@@ -819,59 +843,6 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    fn store() -> (tempfile::TempDir, RedbStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path(), false).unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn put_get_remove() {
-        let (_d, s) = store();
-        let r = Record::opened(Some(7), 10, 99);
-        s.put("alice", "/a.ts", &r).unwrap();
-        assert_eq!(s.get("alice", "/a.ts").unwrap().unwrap().crc, 99);
-        assert!(
-            s.get("bob", "/a.ts").unwrap().is_none(),
-            "users are isolated"
-        );
-        s.remove("alice", "/a.ts").unwrap();
-        assert!(s.get("alice", "/a.ts").unwrap().is_none());
-    }
-
-    #[test]
-    fn rename_moves_files_and_directories_only() {
-        let (_d, s) = store();
-        let r = Record::opened(None, 1, 1);
-        for p in ["/d/x", "/d/sub/y", "/d0", "/dx/z", "/d"] {
-            s.put("u", p, &r).unwrap();
-        }
-        s.rename("u", "/d", "/e").unwrap();
-        for p in ["/e/x", "/e/sub/y", "/e", "/d0", "/dx/z"] {
-            assert!(s.get("u", p).unwrap().is_some(), "{p} should exist");
-        }
-        for p in ["/d/x", "/d/sub/y", "/d"] {
-            assert!(s.get("u", p).unwrap().is_none(), "{p} should be gone");
-        }
-    }
-
-    #[test]
-    fn open_records_lists_interrupted_uploads() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = RedbStore::open(dir.path(), true).unwrap();
-            s.put("u", "/open", &Record::opened(None, 5, 5)).unwrap();
-            let mut closed = Record::opened(None, 5, 5);
-            closed.open = false;
-            closed.state = State::Complete;
-            s.put("u", "/closed", &closed).unwrap();
-        }
-        let s = RedbStore::open(dir.path(), true).unwrap();
-        let open = s.open_records().unwrap();
-        assert_eq!(open.len(), 1);
-        assert_eq!(open[0].1, "/open");
-    }
-
     /// A value written by a newer version (or damaged) under `u /bad`, next to a good one.
     fn store_with_a_bad_record(dir: &Path) -> RedbStore {
         {
@@ -1036,32 +1007,6 @@ mod tests {
         page.events.iter().map(|e| e.0).collect()
     }
 
-    /// The event is written in the transaction of the record change: a failure between the
-    /// two leaves neither, and allocates no seq.
-    #[test]
-    fn a_failure_inside_the_transaction_aborts_the_record_and_its_event() {
-        let (_d, s) = store();
-        s.end_upload("u", "/a", &ended(1)).unwrap();
-        let e = s
-            .journaled(|txn| {
-                txn.open_table(RECORDS)?
-                    .insert(key("u", "/b").as_str(), ended(2).encode().as_slice())?;
-                Err(StoreError::Unavailable {
-                    cause: io::ErrorKind::Other,
-                    retry_in: Duration::ZERO,
-                })
-            })
-            .unwrap_err();
-        assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
-        assert!(
-            s.get("u", "/b").unwrap().is_none(),
-            "the record was rolled back"
-        );
-        assert_eq!(journal_seqs(&s), [1]);
-        assert_eq!(*s.journal_watch().borrow(), 1);
-        assert_eq!(s.end_upload("u", "/c", &ended(3)).unwrap().seq, 2, "no gap");
-    }
-
     /// A commit that cannot reach the disk loses both the record and its event; once the disk
     /// is back, the next event takes the next seq.
     #[test]
@@ -1090,26 +1035,5 @@ mod tests {
         assert_eq!(e.seq, 3);
         assert!(s.get("u", "/during").unwrap().is_none());
         assert_eq!(journal_seqs(&s), [1, 2, 3]);
-    }
-
-    #[test]
-    fn rename_and_journal_replaces_the_target_record() {
-        let (_d, s) = store();
-        s.put("u", "/a", &ended(1)).unwrap();
-        s.put("u", "/b", &ended(2)).unwrap();
-        let e = s
-            .rename_and_journal("u", "/a", "/b", Seen::Unknown)
-            .unwrap();
-        assert_eq!(
-            (e.from.as_deref(), e.path.as_str(), e.size),
-            (Some("/a"), "/b", 1)
-        );
-        assert_eq!(s.get("u", "/b").unwrap().unwrap().size, 1);
-        assert!(s.get("u", "/a").unwrap().is_none());
-        // A file without a record, renamed onto a recorded one: the stale record goes.
-        s.put("u", "/c", &ended(3)).unwrap();
-        s.rename_and_journal("u", "/none", "/c", Seen::Unknown)
-            .unwrap();
-        assert!(s.get("u", "/c").unwrap().is_none());
     }
 }

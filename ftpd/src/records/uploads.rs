@@ -5,15 +5,17 @@
 //! through the server's HTTP listener (`http_listen`, with `http_token`; the HTTP client of
 //! `ftpd events`, [`crate::records::journal::client`]); when no listener answers (the server is
 //! stopped, or `http_listen` is off) it opens the store itself, which fails cleanly when
-//! another process holds it.
+//! another process holds it. With `store = "postgres"` it reads the database directly then.
 //!
 //! One file, as a JSON line (fields in this order):
 //! `{"user":"alice","path":"/a.ts","state":"verified","size":1048576,"declared":"0x1C291CA3",
 //! "crc":"0x1C291CA3","updated":"2025-06-01T10:00:00Z"}` — `declared` is null when no CRC was
 //! declared; `state` is the record's (`partial` also for an upload running now).
 
+use crate::config::StoreChoice;
 use crate::records::journal::client::{self, EventsError};
-use crate::records::{Record, RecordStore, RedbStore, StoreError};
+use crate::records::postgres::ConnectError;
+use crate::records::{PgStore, Record, RecordStore, RedbStore, StoreError};
 use crc_tools::{KeyValue, State};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -217,6 +219,8 @@ pub struct Options {
     pub token: Option<String>,
     /// `state_dir`, where the store is when no server answers.
     pub state_dir: PathBuf,
+    /// `store` (with `postgres_url`): the store read when no server answers.
+    pub store: StoreChoice,
     pub filter: Filter,
     /// Print JSON lines instead of readable lines.
     pub json: bool,
@@ -235,6 +239,10 @@ pub enum ListError {
     Locked { path: PathBuf, hint: String },
     #[error("cannot read the checksum store {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot read the records in PostgreSQL: {0}")]
+    Shared(StoreError),
     #[error("{0}")]
     Other(String),
 }
@@ -282,8 +290,23 @@ fn through_server(addr: SocketAddr, opts: &Options) -> Result<(), ListError> {
     Ok(())
 }
 
-/// Opens the store in `state_dir` (the server is not running) and prints from it.
+/// How long the listing waits for PostgreSQL to answer.
+const POSTGRES_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the store (the server is not running, or not listening) and prints from it.
 fn from_store(opts: &Options, hint: String) -> Result<(), ListError> {
+    let StoreChoice::Postgres { url } = &opts.store else {
+        return from_redb(opts, hint);
+    };
+    // The database serves every node at once: no lock to run into, no hint needed.
+    let store = PgStore::connect(url, "uploads-list", POSTGRES_WAIT)?;
+    let listed = list(&store, &opts.filter).map_err(ListError::Shared)?;
+    print_listed(listed, opts.json);
+    Ok(())
+}
+
+/// Opens the redb file in `state_dir` and prints from it.
+fn from_redb(opts: &Options, hint: String) -> Result<(), ListError> {
     let path = opts.state_dir.join("records.redb");
     if !path.is_file() {
         return Err(ListError::NoStore(path));
@@ -307,6 +330,12 @@ fn from_store(opts: &Options, hint: String) -> Result<(), ListError> {
         path: path.clone(),
         source,
     })?;
+    print_listed(listed, opts.json);
+    Ok(())
+}
+
+/// Prints listed files with their JSON.
+fn print_listed(listed: Vec<Listed>, json: bool) {
     print(
         listed
             .into_iter()
@@ -315,9 +344,8 @@ fn from_store(opts: &Options, hint: String) -> Result<(), ListError> {
                 (l, json)
             })
             .collect(),
-        opts.json,
+        json,
     );
-    Ok(())
 }
 
 /// Prints the rows; a closed pipe (`| head`) ends the listing quietly.
@@ -458,6 +486,7 @@ mod tests {
             http_listen,
             token: None,
             state_dir: dir.path().to_path_buf(),
+            store: StoreChoice::Redb,
             filter: Filter::default(),
             json: true,
         };

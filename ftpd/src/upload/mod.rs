@@ -85,6 +85,18 @@ impl From<Expired> for UploadError {
     }
 }
 
+/// Where an upload's bytes come from: a reader, plus what the pipeline asks of a socket to be
+/// woken less often by a slow sender (the client's socket when the front hands it over).
+pub trait Source: AsyncRead + Unpin + Send + 'static {
+    /// Wake the reader only once `bytes` are waiting (`SO_RCVLOWAT`); ignored by other readers.
+    fn low_water(&mut self, _bytes: usize) {}
+    /// Reads what is waiting without waiting for readiness (bytes below the low-water mark);
+    /// `Ok(0)` when nothing is.
+    fn drain(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
 /// Runs one upload to its end. Cancel-safe by construction: the caller spawns it as a task
 /// and cancels `abort` instead of dropping it, so every exit path records what is stored.
 pub async fn run<R>(
@@ -95,7 +107,7 @@ pub async fn run<R>(
     abort: CancellationToken,
 ) -> Result<u64, UploadError>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: Source,
 {
     let lock = acquire(&services, &req, &abort).await?;
     let claim = claim(&services, &req, &lock, &abort).await?;
@@ -107,7 +119,14 @@ where
     let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone(), &claim.fence)
         .stream(&mut reader, &lock.stop, &abort)
         .await?;
-    let outcome = record(&services, &req, streamed, &claim.fence).await?;
+    let outcome = record(&services, &req, streamed, &claim.fence)
+        .await
+        .inspect_err(|e| {
+            if let UploadError::Store(StoreError::Fenced { fence }) = e {
+                let (user, path) = (&req.user, &req.path);
+                tracing::warn!(%user, %path, fence, "upload's claim passed to another node meanwhile: nothing of it was recorded");
+            }
+        })?;
     drop(claim);
     drop(lock);
     reply(&req, outcome, services.upload.data_idle_timeout)
@@ -297,6 +316,9 @@ mod tests {
     use super::*;
     use crate::context::UploadConfig;
     use std::time::Instant;
+
+    impl Source for tokio::io::DuplexStream {}
+    impl Source for io::Cursor<Vec<u8>> {}
 
     pub(super) fn pattern(len: usize) -> Vec<u8> {
         (0..len as u32)

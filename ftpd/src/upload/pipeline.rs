@@ -4,7 +4,7 @@
 
 use super::direct_io::{block_lead, recycle_page_cache, write_at, BLOCK, RECYCLE_LAG};
 use super::open::Opened;
-use super::{Request, UploadError};
+use super::{Request, Source, UploadError};
 use crate::claims::Fence;
 use crate::context::{Services, UploadConfig};
 use crate::records::{FileId, Record, RecordStore};
@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -43,11 +43,19 @@ pub(super) struct Streamed {
     pub declared: Option<u32>,
 }
 
+/// The most a socket makes the reader wait for before waking it: a slow sender's chunk, not a
+/// fast sender's (whose reads find plenty anyway).
+const LOW_WATER_MAX: usize = 64 << 10;
+
 /// How long each chunk is ([`ChunkPolicy::next_len`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ChunkPolicy {
     first: usize,
     max: usize,
+    /// Whether the last chunk filled fast too. A slow sender's chunk can fill at once from
+    /// bytes left over in the socket by earlier wake-ups (each low-water wake-up leaves a little
+    /// more than a chunk waiting); only fast chunks in a row show a fast sender.
+    fast_before: bool,
 }
 
 impl ChunkPolicy {
@@ -55,28 +63,36 @@ impl ChunkPolicy {
     /// of buffer: the disk, not the link, sets its pace.
     pub const GROW_WITHIN: Duration = Duration::from_millis(10);
 
-    /// A sender silent this long with bytes in the buffer has paused (a stalled link, or the
-    /// last bytes before it goes quiet): they are written and counted without waiting for more,
-    /// so `SIZE` and `KEY INFO` show them to a box that reconnects.
-    pub const PAUSE: Duration = Duration::from_millis(100);
+    /// A sender silent this long with bytes in the buffer (or waiting below the socket's
+    /// low-water mark) has paused (a stalled link, or the last bytes before it goes quiet):
+    /// they are written and counted without waiting for more, so `SIZE` and `KEY INFO` show
+    /// them to a box that reconnects, which takes seconds. Longer than a slow sender takes to
+    /// fill the low-water mark ([`LOW_WATER_MAX`] at 64 KiB/s), so a steady sender is woken
+    /// once per chunk, not once more per pause.
+    pub const PAUSE: Duration = Duration::from_millis(1000);
 
     pub fn new(cfg: &UploadConfig) -> Self {
         ChunkPolicy {
             first: cfg.buffer,
             max: cfg.buffer_max,
+            fast_before: false,
         }
     }
 
     /// The buffer length for the next chunk, after one of `len` was filled in `took`: doubled,
-    /// up to `buffer_max`, for a fast sender; back to the first size after a pause. Fewer,
+    /// up to `buffer_max`, for a fast sender (two fast chunks in a row); back to the first size
+    /// after a pause. Fewer,
     /// larger writes cost less per byte (each direct write that extends a file is a journal
     /// transaction of its own) and let the disk go faster (on the test VM, 1 MiB direct writes
     /// reached 1,640 MiB/s and 4 MiB ones 2,040). Slow links, a box's usual case, keep the
     /// first size, so the memory of many uploads at once does not grow with them.
-    pub fn next_len(&self, len: usize, took: Duration, paused: bool) -> usize {
+    pub fn next_len(&mut self, len: usize, took: Duration, paused: bool) -> usize {
+        let fast = !paused && took < Self::GROW_WITHIN;
+        let grow = fast && std::mem::replace(&mut self.fast_before, fast);
+        self.fast_before = fast;
         if paused {
             self.first
-        } else if took < Self::GROW_WITHIN {
+        } else if grow {
             len.saturating_mul(2).min(self.max).max(len)
         } else {
             len
@@ -214,7 +230,7 @@ impl Pipeline {
     /// Fills, writes and swaps buffers until the stream ends; every byte received is written
     /// (and counted) before this returns, unless a write fails. An `Err` is a file handle that
     /// could not be cloned: the upload ends there, its open record reconciled at the next start.
-    pub async fn stream<R: AsyncRead + Unpin>(
+    pub async fn stream<R: Source>(
         mut self,
         reader: &mut R,
         stop: &CancellationToken,
@@ -264,11 +280,7 @@ impl Pipeline {
     /// chunk ends on a block boundary of the file, so the next one starts on one. A buffer of
     /// another size than the chunk (grown, or back from a pause) is resized, and shrinking
     /// gives the memory back.
-    async fn fill<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut R,
-        waits: &mut Waits<'_, '_>,
-    ) -> Fill {
+    async fn fill<R: Source>(&mut self, reader: &mut R, waits: &mut Waits<'_, '_>) -> Fill {
         const PAUSE: Duration = ChunkPolicy::PAUSE;
         let at = self.start_pos + self.received;
         let len = buffer_len(self.chunk_len);
@@ -294,6 +306,10 @@ impl Pipeline {
             idle,
         } = waits;
         let mut paused = false;
+        // A slow sender's socket wakes this task once per chunk rather than once per packet.
+        reader.low_water(want.min(LOW_WATER_MAX));
+        // Whether the bytes waiting below the low-water mark were taken since the last read.
+        let mut drained = false;
         while filled < want {
             tokio::select! {
                 biased;
@@ -305,22 +321,45 @@ impl Pipeline {
                     Ok(0) => { end = Some(Ending::Eof); break; }
                     Ok(n) => {
                         filled += n;
+                        drained = false;
                         self.last_byte = tokio::time::Instant::now();
                         pause.as_mut().reset(self.last_byte + PAUSE);
                     }
                     Err(e) => { end = Some(Ending::ReadError(e)); break; }
                 },
-                _ = pause.as_mut(), if filled > 0 => {
-                    if self.last_byte.elapsed() >= PAUSE {
+                _ = pause.as_mut(), if filled > 0 || !drained => {
+                    if self.last_byte.elapsed() < PAUSE {
+                        pause.as_mut().reset(self.last_byte + PAUSE);
+                        continue;
+                    }
+                    // What waits below the low-water mark counts as sent before the pause.
+                    drained = true;
+                    match reader.drain(&mut self.next[lead + filled..lead + want]) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            filled += n;
+                            self.last_byte = tokio::time::Instant::now();
+                        }
+                        Err(e) => { end = Some(Ending::ReadError(e)); break; }
+                    }
+                    if filled > 0 {
                         paused = true;
                         break;
                     }
-                    pause.as_mut().reset(self.last_byte + PAUSE);
                 }
                 _ = idle.as_mut() => {
                     if self.last_byte.elapsed() >= idle_timeout {
-                        end = Some(Ending::Idle);
-                        break;
+                        // Silent, unless bytes wait below the low-water mark.
+                        match reader.drain(&mut self.next[lead + filled..lead + want]) {
+                            Ok(0) => { end = Some(Ending::Idle); break; }
+                            Ok(n) => {
+                                filled += n;
+                                paused = true;
+                                self.last_byte = tokio::time::Instant::now();
+                                break;
+                            }
+                            Err(e) => { end = Some(Ending::ReadError(e)); break; }
+                        }
                     }
                     idle.as_mut().reset(self.last_byte + idle_timeout);
                 }
@@ -350,7 +389,14 @@ impl Pipeline {
         let f = self.file.try_clone()?;
         let (c, progress, d) = (self.crc.clone(), self.progress.clone(), self.direct.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            write_chunk(f, d.as_deref(), buf, chunk, c, &checkpoint, due, &progress)
+            write_chunk(
+                f,
+                d.as_deref(),
+                (buf, chunk),
+                c,
+                (&checkpoint, due),
+                &progress,
+            )
         }));
         Ok(())
     }
@@ -396,11 +442,9 @@ struct WriteDone {
 fn write_chunk(
     file: std::fs::File,
     direct: Option<&std::fs::File>,
-    buf: Vec<u8>,
-    chunk: Range<usize>,
+    (buf, chunk): (Vec<u8>, Range<usize>),
     mut crc: Crc32,
-    checkpoint: &Checkpoint,
-    checkpoint_due: bool,
+    (checkpoint, checkpoint_due): (&Checkpoint, bool),
     progress: &Mutex<Progress>,
 ) -> WriteDone {
     let mut direct_ok = direct.is_some();
@@ -446,9 +490,11 @@ mod tests {
     #[test]
     fn buffers_grow_for_fast_senders_only_and_never_past_the_ceiling() {
         let policy = |first, max| ChunkPolicy::new(&config(first, max));
-        let p = policy(1 << 20, 4 << 20);
         let grow_within = ChunkPolicy::GROW_WITHIN;
         let (fast, slow) = (grow_within / 2, grow_within * 3);
+        let mut p = policy(1 << 20, 4 << 20);
+        // Two fast chunks in a row show a fast sender; then every fast chunk doubles.
+        assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
         assert_eq!(p.next_len(1 << 20, fast, false), 2 << 20);
         assert_eq!(p.next_len(2 << 20, fast, false), 4 << 20);
         assert_eq!(p.next_len(4 << 20, fast, false), 4 << 20);
@@ -457,10 +503,34 @@ mod tests {
         assert_eq!(p.next_len(2 << 20, slow, false), 2 << 20);
         assert_eq!(p.next_len(1 << 20, grow_within, false), 1 << 20);
         // A pause sends the size back to the first one.
+        let mut p = policy(1 << 20, 4 << 20);
+        p.next_len(1 << 20, fast, false);
         assert_eq!(p.next_len(4 << 20, fast, true), 1 << 20);
+        assert_eq!(
+            p.next_len(1 << 20, fast, false),
+            1 << 20,
+            "a pause ends the streak"
+        );
         // A ceiling at or below the first size keeps the size fixed.
         for max in [1 << 20, 1 << 10] {
-            assert_eq!(policy(1 << 20, max).next_len(1 << 20, fast, false), 1 << 20);
+            let mut p = policy(1 << 20, max);
+            p.next_len(1 << 20, fast, false);
+            assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
+        }
+    }
+
+    #[test]
+    fn a_slow_senders_chunk_filled_from_leftover_bytes_does_not_grow_it() {
+        // Seen with a 256 KiB/s sender in 16 KiB pieces: each low-water wake-up leaves 4 KiB
+        // more in the socket, until one chunk fills at once from what was left.
+        let mut p = ChunkPolicy::new(&config(64 << 10, 4 << 20));
+        let mut len = 64 << 10;
+        for round in 0..10 {
+            for _ in 0..14 {
+                len = p.next_len(len, Duration::from_millis(249), false);
+            }
+            len = p.next_len(len, Duration::from_micros(305), false);
+            assert_eq!(len, 64 << 10, "round {round}");
         }
     }
 
@@ -470,7 +540,7 @@ mod tests {
             crate::config::Settings::load_from(None, std::iter::empty::<(String, String)>())
                 .expect("defaults");
         let cfg = settings.upload_config();
-        let policy = ChunkPolicy::new(&cfg);
+        let mut policy = ChunkPolicy::new(&cfg);
         // The data one default buffer takes, arriving at 256 KiB/s.
         let data = buffer_len(cfg.buffer) - BLOCK;
         let took = Duration::from_secs_f64(data as f64 / (256.0 * 1024.0));
