@@ -476,6 +476,11 @@ def proxy_v2(client: str | None, client_port: int = 40000, server: str = "127.0.
     return PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
+# The address a test balancer connects to the nodes from, as their `proxy_from` lists it (not
+# 127.0.0.1: a test's own connections, readiness checks included, must not need a header).
+BALANCER = "127.0.0.9"
+
+
 @dataclass
 class Node:
     """One ftpd node behind HAProxy: where it listens and its own passive range."""

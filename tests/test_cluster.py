@@ -2,7 +2,7 @@
 
 PostgreSQL comes from the libpq environment (PGHOST, PGPORT, PGUSER, PGPASSWORD) that
 `tests/run` sets up with pg_virtualenv: a throwaway cluster on loopback. Each test gets a fresh
-database. Without PGHOST the tests are skipped, unless FTPD_TEST_POSTGRES=required (as
+database. Without PGHOST the tests are skipped, unless POSTGRES_TESTS=required (as
 `tests/run` sets it), where they fail.
 """
 
@@ -15,9 +15,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import shutil
 
 from conftest import Ftpd
 from helpers import (
+    BALANCER,
     crc32,
     final_reply,
     pattern,
@@ -29,7 +31,7 @@ from helpers import (
 
 
 def _pg_required() -> bool:
-    return os.environ.get("FTPD_TEST_POSTGRES") == "required"
+    return os.environ.get("POSTGRES_TESTS") == "required"
 
 
 def _psql(sql: str, db: str = "postgres") -> str:
@@ -47,7 +49,7 @@ def pg_url():
     """A fresh database on the throwaway cluster, as a libpq key=value string."""
     if not os.environ.get("PGHOST"):
         if _pg_required():
-            pytest.fail("FTPD_TEST_POSTGRES=required but no PostgreSQL (PGHOST) is set up")
+            pytest.fail("POSTGRES_TESTS=required but no PostgreSQL (PGHOST) is set up")
         pytest.skip("no PostgreSQL: run under pg_virtualenv (tests/run does)")
     name = f"ftpd_{uuid.uuid4().hex[:12]}"
     _psql(f"CREATE DATABASE {name}")
@@ -75,7 +77,9 @@ def node(base: Path, name: str, url: str, root: Path, **settings) -> Ftpd:
         "checkpoint_mib": "1",
         **settings,
     }
-    return Ftpd(base / name, **settings)
+    n = Ftpd(base / name, **settings)
+    n.root = root
+    return n
 
 
 @pytest.fixture
@@ -156,3 +160,118 @@ def test_a_paused_node_never_writes_after_the_box_resumed_on_another(cluster, tm
     assert g.sendcmd("NOOP").startswith("200")
     g.quit()
     print(f"box resumed on node-b {waited:.1f} s after node-a stopped")
+
+
+def _verified(lb_host: str, lb_port: int, name: str, size: int) -> bool:
+    """Whether the store, asked through the balancer, calls `name` verified at `size` bytes."""
+    import ftplib
+
+    from helpers import USERS, info
+
+    try:
+        f = ftplib.FTP()
+        f.connect(lb_host, lb_port, timeout=10)
+        f.login("alice", USERS["alice"])
+        try:
+            i = info(f, name)
+        finally:
+            f.close()
+    except (OSError, EOFError, ftplib.Error):
+        return False
+    return i.get("state") == "verified" and i.get("size") == str(size)
+
+
+def test_three_nodes_behind_haproxy_lose_nothing_while_nodes_are_killed(cluster, tmp_path):
+    import random
+    import threading
+
+    from helpers import STB_UPLOAD, USERS, HAProxy, Node, free_port, free_port_range, key
+
+    rng = random.Random(16)
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed (tests/run installs it)")
+    # Three nodes on 127.0.0.2-4, each with its own passive range, behind HAProxy on
+    # 127.0.0.1, which connects to them from 127.0.0.9 with PROXY headers.
+    ranges: list[tuple[int, int]] = []
+    while len(ranges) < 3:
+        lo, hi = free_port_range()
+        if all(hi < a or lo > b for a, b in ranges):
+            ranges.append((lo, hi))
+    nodes = [
+        cluster(
+            f"node-{i}",
+            listen=f"{ip}:{free_port(ip)}",
+            passive_ports=f"{lo}-{hi}",
+            passive_host="127.0.0.1",
+            proxy_from=BALANCER,
+            data_idle_timeout="5",
+        )
+        for i, (ip, (lo, hi)) in enumerate(zip(("127.0.0.2", "127.0.0.3", "127.0.0.4"), ranges), 1)
+    ]
+    lb = HAProxy(tmp_path, [Node(n.host, n.port, r) for n, r in zip(nodes, ranges)], source=BALANCER)
+    boxes = 100
+    files = {}
+    for i in range(boxes):
+        data = pattern(rng.randrange(1 << 20, 4 << 20), seed=100 + i)
+        p = tmp_path / f"box{i:03}.ts"
+        p.write_bytes(data)
+        files[i] = (p, data)
+    attempts = [0] * boxes
+    done = [False] * boxes
+    deadline = time.monotonic() + 240
+
+    def box(i: int) -> None:
+        time.sleep(i * 0.08)  # the fleet arrives over 8 s
+        local, data = files[i]
+        name = local.name
+        url = f"ftp://alice:{USERS['alice']}@127.0.0.1:{lb.port}/{name}"
+        while time.monotonic() < deadline:
+            attempts[i] += 1
+            if i % 2:
+                # curl: declare the KEY first; after an interruption resume by SIZE with APPE.
+                first = attempts[i] == 1
+                cmd = ["curl", "-sS", "--limit-rate", "768K", "--connect-timeout", "5", "-m", "60"]
+                cmd += ["-Q", f"KEY {key(crc32(data))}"] if first else ["-C", "-"]
+                subprocess.run(cmd + ["-T", str(local), url], capture_output=True, timeout=90)
+            else:
+                subprocess.run(
+                    [str(STB_UPLOAD), "--password-stdin", "--retries", "0", "--timeout", "10",
+                     f"ftp://alice@127.0.0.1:{lb.port}/{name}", str(local)],
+                    input=USERS["alice"] + "\n", capture_output=True, text=True, timeout=90,
+                )
+            if _verified("127.0.0.1", lb.port, name, len(data)):
+                done[i] = True
+                return
+            time.sleep(0.3)
+
+    kills = []
+    with lb:
+        threads = [threading.Thread(target=box, args=(i,)) for i in range(boxes)]
+        for t in threads:
+            t.start()
+        # Chaos: a random node is SIGKILLed every 1-2.5 s and restarted half a second later,
+        # until every box is done and at least five kills happened.
+        while (not all(done) or len(kills) < 5) and time.monotonic() < deadline:
+            time.sleep(rng.uniform(1.0, 2.5))
+            victim = rng.choice(nodes)
+            victim.kill9()
+            kills.append((time.monotonic(), victim.env["FTPD_NODE_NAME"]))
+            time.sleep(0.5)
+            victim.start()
+        for t in threads:
+            t.join(timeout=max(1, deadline - time.monotonic()))
+
+    assert len(kills) >= 5, kills
+    assert all(done), f"boxes not verified: {[i for i in range(boxes) if not done[i]]}"
+    # Every file byte-identical; every record closed and describing exactly its file.
+    root = nodes[0].root
+    for i, (local, data) in files.items():
+        assert (root / "alice" / local.name).read_bytes() == data, local.name
+    recs = records(nodes[0])
+    assert len(recs) == boxes, sorted(recs)
+    for path, r in recs.items():
+        on_disk = (root / "alice" / path.lstrip("/")).read_bytes()
+        assert r["state"] == "verified", r
+        assert int(r["size"]) == len(on_disk), r
+        assert r["crc"] == key(crc32(on_disk)), r
+    print(f"{len(kills)} kills; attempts per box: max {max(attempts)}, total {sum(attempts)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (
+    BALANCER,
     PROXY_V2_SIGNATURE,
     USERS,
     HAProxy,
@@ -29,8 +30,6 @@ from helpers import (
     raw_control,
     wait_for_log,
 )
-
-BALANCER = "127.0.0.9"
 
 
 def from_balancer(port: int, data: bytes, timeout: float = 10) -> socket.socket:
