@@ -25,7 +25,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import Ftpd  # noqa: E402
-from helpers import USERS, HAProxy, Node, crc32, key, pattern, wait_for_disk_size  # noqa: E402
+from helpers import (  # noqa: E402
+    BALANCER,
+    USERS,
+    HAProxy,
+    Node,
+    crc32,
+    free_port,
+    free_port_range,
+    key,
+    pattern,
+    wait_for_disk_size,
+)
 
 
 def psql(sql: str) -> None:
@@ -37,6 +48,24 @@ def pg_url(db: str) -> str:
     parts = {"host": e.get("PGHOST"), "port": e.get("PGPORT", "5432"), "user": e.get("PGUSER"),
              "password": e.get("PGPASSWORD"), "dbname": db}
     return " ".join(f"{k}={v}" for k, v in parts.items() if v)
+
+
+# Passive ranges handed out so far: HAProxy listens on all of them on one address.
+RANGES: list[tuple[int, int]] = []
+
+
+def node(base: Path, ip: str, pgs: dict, **settings) -> Ftpd:
+    """A PostgreSQL node on `ip` with its own passive range, behind HAProxy (which connects
+    from BALANCER, announced as 127.0.0.1)."""
+    while True:
+        lo, hi = free_port_range()
+        if all(hi < a or lo > b for a, b in RANGES):
+            RANGES.append((lo, hi))
+            break
+    srv = Ftpd(base, **pgs, listen=f"{ip}:{free_port(ip)}", passive_ports=f"{lo}-{hi}",
+               passive_host="127.0.0.1", proxy_from=BALANCER, **settings)
+    srv.passive = (lo, hi)
+    return srv
 
 
 def login(host: str, port: int) -> ftplib.FTP:
@@ -81,7 +110,7 @@ def resume_wait(nodes: list[Ftpd], lb: HAProxy, tmp: Path) -> float:
     asks through the balancer until a node accepts its resume. Seconds from the kill to the 150."""
     data = pattern(32 << 20, seed=9)
     name = f"kill-{uuid.uuid4().hex[:6]}.ts"
-    f = login("127.0.0.1", nodes[0].direct_port)
+    f = login(nodes[0].host, nodes[0].port)
     f.sendcmd(f"SITE KEY {key(crc32(data))}")
     f.voidcmd("TYPE I")
     conn = f.transfercmd(f"STOR {name}")
@@ -92,7 +121,7 @@ def resume_wait(nodes: list[Ftpd], lb: HAProxy, tmp: Path) -> float:
     conn.close()
     while True:
         try:
-            g = login("127.0.0.2", lb.port)
+            g = login("127.0.0.1", lb.port)
             size = int(g.sendcmd(f"SIZE {name}").split()[1])
             g.voidcmd("TYPE I")
             c = g.transfercmd(f"STOR {name}", rest=size)
@@ -124,7 +153,6 @@ def main() -> int:
 
     def start(srv: Ftpd) -> Ftpd:
         started.append(srv)
-        srv.direct_port = srv.port
         return srv.start()
 
     try:
@@ -146,10 +174,10 @@ def main() -> int:
                   f"ratio p50 {statistics.median(b)/statistics.median(a):.2f}x")
 
         # Throughput: one PostgreSQL node reached directly, another through HAProxy.
-        direct = start(Ftpd(tmp / "direct", **pgs, node_name="direct"))
-        behind = start(Ftpd(tmp / "behind", **pgs, node_name="behind", proxy_from="127.0.0.1",
-                            passive_host="127.0.0.2"))
-        lb = HAProxy(tmp, [Node("127.0.0.1", behind.port, behind.passive)], host="127.0.0.2").start()
+        # On an address of its own: HAProxy listens on the other node's passive range on 127.0.0.1.
+        direct = start(Ftpd(tmp / "direct", **pgs, node_name="direct", listen=f"127.0.0.5:{free_port('127.0.0.5')}"))
+        behind = start(node(tmp / "behind", "127.0.0.2", pgs, node_name="behind"))
+        lb = HAProxy(tmp, [Node(behind.host, behind.port, behind.passive)], source=BALANCER).start()
         lbs.append(lb)
         src = tmp / "big.bin"
         with open(src, "wb") as out:
@@ -159,7 +187,7 @@ def main() -> int:
         mib = src.stat().st_size / (1 << 20)
         rates = {"direct": [], "haproxy": []}
         for r in range(args.rounds):
-            order = [("direct", "127.0.0.1", direct.port), ("haproxy", "127.0.0.2", lb.port)]
+            order = [("direct", direct.host, direct.port), ("haproxy", "127.0.0.1", lb.port)]
             for label, host, port in order if r % 2 == 0 else order[::-1]:
                 rates[label].append(mib / curl_upload(host, port, src, f"big{r}.bin"))
         src.unlink()
@@ -174,17 +202,16 @@ def main() -> int:
             srv.stop()
 
         # Resume after SIGKILL: three nodes behind HAProxy.
-        nodes = []
-        for i in (1, 2, 3):
-            n = Ftpd(tmp / f"node{i}", **pgs, node_name=f"node{i}", proxy_from="127.0.0.1",
-                     passive_host="127.0.0.2", lease_seconds=str(args.lease), root=str(tmp / "shared"))
-            nodes.append(n)
-        # The box's first connection goes to node 1 directly (so node 1 runs without
-        # proxy_from); it resumes through HAProxy, which balances over nodes 2 and 3.
-        nodes[0].env.pop("FTPD_PROXY_FROM", None)
+        # The box's first connection goes to node 1 directly (its own address); it resumes
+        # through HAProxy, which balances over nodes 2 and 3.
+        shared = {"lease_seconds": str(args.lease), "root": str(tmp / "shared")}
+        nodes = [
+            start(node(tmp / f"node{i}", f"127.0.0.{i + 1}", pgs, node_name=f"node{i}", **shared))
+            for i in (1, 2, 3)
+        ]
         for n in nodes:
-            start(n)
-        lb = HAProxy(tmp, [Node("127.0.0.1", n.port, n.passive) for n in nodes[1:]], host="127.0.0.2").start()
+            n.root = tmp / "shared"
+        lb = HAProxy(tmp, [Node(n.host, n.port, n.passive) for n in nodes[1:]], source=BALANCER).start()
         lbs.append(lb)
         waits = [resume_wait(nodes, lb, tmp) for _ in range(args.rounds)]
         print(f"box waits to resume after its node is SIGKILLed (lease_seconds={args.lease}): "
