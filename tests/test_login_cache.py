@@ -130,3 +130,33 @@ def test_wrong_passwords_never_succeed_after_a_right_one(ftpd_factory):
     # The right password's entry is still there and still the only way in.
     login(srv, "alice", right)
     assert (checks(srv, "alice", right=True), hits(srv, "alice")) == (1, 2)
+
+
+def test_first_logins_queued_for_more_than_15_s_still_get_in(ftpd_factory):
+    """After a reconnect storm of first logins the password checks queue: the last ones wait
+    longer than 15 s for their verdict, and must get their 230, not a 421."""
+    import time
+
+    srv = ftpd_factory(password_threads=1, login_cache_seconds=0, failed_logins_max=0)
+    srv.cli("user", "del", "alice")
+    srv.cli("user", "add", "alice", "--password-stdin", "--iterations", "2000000", input=USERS["alice"] + "\n")
+    t0 = time.monotonic()
+    login(srv, "alice", USERS["alice"])
+    one = time.monotonic() - t0
+    # Enough logins at once that the last verdict comes after about 20 s of checks in a row.
+    boxes = min(400, int(20 / one) + 2)
+
+    def timed(_):
+        t = time.monotonic()
+        f = ftplib.FTP()
+        f.connect(srv.host, srv.port, timeout=120)
+        try:
+            f.login("alice", USERS["alice"])
+            f.quit()
+        finally:
+            f.close()
+        return time.monotonic() - t
+
+    with ThreadPoolExecutor(boxes) as pool:
+        waits = list(pool.map(timed, range(boxes)))
+    assert max(waits) > 15, f"the queue never passed 15 s ({one:.2f} s per check, {boxes} logins)"

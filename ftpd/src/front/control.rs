@@ -29,6 +29,11 @@ const CONTROL_READ: usize = 4096;
 const PORT_WAIT: Duration = Duration::from_secs(10);
 /// How long a `PASS` waits for the result of the previous one on the same connection.
 const PASS_WAIT: Duration = Duration::from_secs(15);
+/// How long the front waits for the verdict on a `PASS` it passed on. Password checks queue in
+/// a bounded pool: after a reconnect storm of first logins the wait can pass 15 s, and a box
+/// turned away then (`421`) only comes back to the end of the queue. `login_timeout` still
+/// ends a connection that never logs in.
+const VERDICT_WAIT: Duration = Duration::from_secs(60);
 /// How long a line the front must order against earlier replies (a transfer that gets `REST 0`,
 /// a reply of the front's own) waits for them.
 const REPLY_WAIT: Duration = Duration::from_secs(15);
@@ -731,7 +736,10 @@ where
     if let Err(e) = server.write_all(super::line::without_telnet(line)).await {
         return Some(Ending::Io(e));
     }
-    if !link.wait_until(Instant::now() + PASS_WAIT, no_pass).await {
+    if !link
+        .wait_until(Instant::now() + VERDICT_WAIT, no_pass)
+        .await
+    {
         return Some(Ending::PassStalled);
     }
     None
