@@ -131,6 +131,8 @@ async fn bind_front(
         match Front::bind(cfg).await {
             Ok(f) => return (f, backend),
             Err(FrontError::NoPassivePort { .. }) => continue,
+            // The kernel gave the control port from inside the random range: draw again.
+            Err(FrontError::BadPassiveRange { .. }) => continue,
             Err(e) => panic!("front bind: {e}"),
         }
     }
