@@ -33,6 +33,8 @@ async fn bind_front_with(
             Ok(f) => return f,
             // Busy ports are skipped; only a range with none free is an error.
             Err(FrontError::NoPassivePort { .. }) => continue,
+            // The kernel gave the control port from inside the random range: draw again.
+            Err(FrontError::BadPassiveRange { .. }) => continue,
             Err(e) => panic!("bind: {e}"),
         }
     }
@@ -380,8 +382,8 @@ async fn busy_passive_ports_are_skipped_at_bind() {
         let cfg = FrontConfig::new(public, base..=base + 3, backend_addr);
         let front = match Front::bind(cfg).await {
             Ok(f) => f,
-            // Someone else took a freed port meanwhile.
-            Err(FrontError::NoPassivePort { .. }) => continue,
+            // Someone else took a freed port meanwhile, or the control port fell in the range.
+            Err(FrontError::NoPassivePort { .. } | FrontError::BadPassiveRange { .. }) => continue,
             Err(e) => panic!("bind: {e}"),
         };
         let ports = front.passive_ports();
