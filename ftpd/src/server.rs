@@ -256,7 +256,7 @@ pub async fn serve(s: Settings) -> Result<(), ServeError> {
     // which session each belongs to) and per-address login throttling (libunftp would see every
     // client as the loopback address, so its own policy would let one attacker lock everyone out).
     let front = if s.front {
-        let backend = reserve_loopback(s.internal_listen)?;
+        let backend = reserve_loopback(s.internal_listen, s.listen)?;
         let mut cfg = s.front_config(backend);
         cfg.handoff = services.handoff.clone();
         if let Some((cert, key)) = &s.ftps {
@@ -390,11 +390,24 @@ const WEBHOOK_STOP_WAIT: Duration = Duration::from_secs(2);
 /// How long HTTP requests still running at the end of shutdown get to finish.
 const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// A free port on the loopback address `addr` (port 0: any), for libunftp behind the front.
-fn reserve_loopback(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, ServeError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.local_addr())
-        .map_err(|source| ServeError::Internal { addr, source })
+/// A free port on the loopback address `addr` (port 0: any, never the public port), for
+/// libunftp behind the front.
+fn reserve_loopback(
+    addr: std::net::SocketAddr,
+    public: std::net::SocketAddr,
+) -> Result<std::net::SocketAddr, ServeError> {
+    let internal = |source| ServeError::Internal { addr, source };
+    // The kernel may hand out the public port as the internal one when the public port is
+    // still free (it is bound after this): draw again, holding the earlier draws meanwhile.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind(addr).map_err(internal)?;
+        let got = l.local_addr().map_err(internal)?;
+        if addr.port() != 0 || got.port() != public.port() || held.len() >= 8 {
+            return Ok(got);
+        }
+        held.push(l);
+    }
 }
 
 /// SIGTERM or SIGINT.
