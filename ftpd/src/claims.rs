@@ -152,10 +152,14 @@ impl Claims {
         let mut asked_to_let_go = false;
         loop {
             let asked = Instant::now();
-            match self
-                .call(user, path, |s, u, p, h, t| s.claim(u, p, h, t))
-                .await?
-            {
+            let (store, u, p, h, t) = (
+                self.store.clone(),
+                user.to_string(),
+                path.to_string(),
+                self.holder.clone(),
+                self.ttl,
+            );
+            match spawn_store(move || store.claim(&u, &p, &h, t)).await? {
                 Claim::Acquired(lease) => {
                     let fence = Fence {
                         lease,
@@ -261,24 +265,6 @@ impl Claims {
                 tracing::warn!(%user, %path, error = %e, "claim could not be released; it runs out on its own");
             }
         }
-    }
-
-    async fn call<T: Send + 'static>(
-        &self,
-        user: &str,
-        path: &str,
-        f: impl FnOnce(&dyn RecordStore, &str, &str, &str, Duration) -> Result<T, StoreError>
-            + Send
-            + 'static,
-    ) -> Result<T, StoreError> {
-        let (store, u, p, h, t) = (
-            self.store.clone(),
-            user.to_string(),
-            path.to_string(),
-            self.holder.clone(),
-            self.ttl,
-        );
-        spawn_store(move || f(store.as_ref(), &u, &p, &h, t)).await
     }
 }
 

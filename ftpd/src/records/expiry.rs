@@ -23,7 +23,8 @@
 
 use crate::paths;
 use crate::records::journal::{Kind, Seen};
-use crate::records::{Claim, Record, RecordStore, StoreError};
+use crate::records::store::while_claimed;
+use crate::records::{Record, RecordStore, StoreError};
 use crate::writers::Writers;
 use cap_std::fs::Dir;
 use crc_tools::State;
@@ -203,13 +204,11 @@ impl Expiry {
         else {
             return Ok(Outcome::Busy);
         };
-        let lease = match self.store.claim(user, path, &self.holder, self.claim_ttl)? {
-            Claim::Acquired(lease) => lease,
-            Claim::Held { .. } => return Ok(Outcome::Busy),
-        };
-        let outcome = self.expire_claimed(user, path, cutoff);
-        self.store.release(user, path, &lease)?;
-        outcome
+        let (store, holder) = (self.store.as_ref(), &self.holder);
+        while_claimed(store, (user, path), holder, self.claim_ttl, |_| {
+            self.expire_claimed(user, path, cutoff)
+        })
+        .map(|done| done.unwrap_or(Outcome::Busy))
     }
 
     /// [`Expiry::expire`] once the file is held here and across nodes.

@@ -11,7 +11,8 @@
 
 use crate::paths;
 use crate::records::journal::{Kind, Seen};
-use crate::records::{Claim, FileId, Lease, Record, RecordStore, StoreError};
+use crate::records::store::while_claimed;
+use crate::records::{FileId, Lease, Record, RecordStore, StoreError};
 use crc_tools::{combine, crc_of_file_range, State};
 use std::io;
 use std::path::Path;
@@ -52,16 +53,12 @@ pub fn recover_as(
 ) -> Result<Report, StoreError> {
     let mut report = Report::default();
     for (user, path, _) in store.open_records()? {
-        let lease = match store.claim(&user, &path, holder, ttl)? {
-            Claim::Acquired(lease) => lease,
-            Claim::Held { .. } => {
-                report.held_elsewhere += 1;
-                continue;
-            }
-        };
-        let done = recover_one(store, root, &user, &path, &lease, &mut report);
-        store.release(&user, &path, &lease)?;
-        done?;
+        let done = while_claimed(store, (&user, &path), holder, ttl, |lease| {
+            recover_one(store, root, &user, &path, lease, &mut report)
+        })?;
+        if done.is_none() {
+            report.held_elsewhere += 1;
+        }
     }
     Ok(report)
 }

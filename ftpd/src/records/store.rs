@@ -99,6 +99,25 @@ pub enum Claim {
     },
 }
 
+/// Runs `work` while `holder` holds the claim on `path` (for `ttl`), then gives the claim up;
+/// `Ok(None)` when another holder has it. For short work on a blocking thread: reconciling a
+/// dead writer's record, expiring a file. A failed release is reported before `work`'s result.
+pub fn while_claimed<T, E: From<StoreError>>(
+    store: &dyn RecordStore,
+    (user, path): (&str, &str),
+    holder: &str,
+    ttl: Duration,
+    work: impl FnOnce(&Lease) -> Result<T, E>,
+) -> Result<Option<T>, E> {
+    let lease = match store.claim(user, path, holder, ttl)? {
+        Claim::Acquired(lease) => lease,
+        Claim::Held { .. } => return Ok(None),
+    };
+    let done = work(&lease);
+    store.release(user, path, &lease)?;
+    done.map(Some)
+}
+
 /// Where records are kept. Paths are normalised, absolute within the user's root (`/a/b.ts`).
 ///
 /// Every method blocks: callers run them off the async workers (`spawn_blocking`).
