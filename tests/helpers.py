@@ -476,6 +476,43 @@ def proxy_v2(client: str | None, client_port: int = 40000, server: str = "127.0.
     return PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
+def disjoint_port_range(taken: list[tuple[int, int]]) -> tuple[int, int]:
+    """A free passive range overlapping none in `taken`, appended to it: HAProxy listens on
+    every node's range on one address."""
+    while True:
+        lo, hi = free_port_range()
+        if all(hi < a or lo > b for a, b in taken):
+            taken.append((lo, hi))
+            return lo, hi
+
+
+# -- PostgreSQL (the libpq environment pg_virtualenv sets) --------------------------------------
+
+
+def psql(sql: str, db: str = "postgres") -> str:
+    """Runs `sql` with psql; its unaligned output."""
+    return subprocess.run(
+        ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def pg_conninfo(db: str) -> str:
+    """The libpq key=value string for database `db` on the server the environment names."""
+    e = os.environ
+    parts = {
+        "host": e.get("PGHOST", "localhost"),
+        "port": e.get("PGPORT", "5432"),
+        "user": e.get("PGUSER", "postgres"),
+        "password": e.get("PGPASSWORD", ""),
+        "dbname": db,
+    }
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v)
+
+
 # The address a test balancer connects to the nodes from, as their `proxy_from` lists it (not
 # 127.0.0.1: a test's own connections, readiness checks included, must not need a header).
 BALANCER = "127.0.0.9"

@@ -21,7 +21,8 @@ from conftest import Ftpd
 from helpers import (
     BALANCER,
     crc32,
-    final_reply,
+    pg_conninfo,
+    psql,
     pattern,
     start_upload,
     stb_upload,
@@ -34,16 +35,6 @@ def _pg_required() -> bool:
     return os.environ.get("POSTGRES_TESTS") == "required"
 
 
-def _psql(sql: str, db: str = "postgres") -> str:
-    return subprocess.run(
-        ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-
 @pytest.fixture
 def pg_url():
     """A fresh database on the throwaway cluster, as a libpq key=value string."""
@@ -52,17 +43,9 @@ def pg_url():
             pytest.fail("POSTGRES_TESTS=required but no PostgreSQL (PGHOST) is set up")
         pytest.skip("no PostgreSQL: run under pg_virtualenv (tests/run does)")
     name = f"ftpd_{uuid.uuid4().hex[:12]}"
-    _psql(f"CREATE DATABASE {name}")
-    env = os.environ
-    parts = {
-        "host": env.get("PGHOST", "localhost"),
-        "port": env.get("PGPORT", "5432"),
-        "user": env.get("PGUSER", "postgres"),
-        "password": env.get("PGPASSWORD", ""),
-        "dbname": name,
-    }
-    yield " ".join(f"{k}={v}" for k, v in parts.items() if v), name
-    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    psql(f"CREATE DATABASE {name}")
+    yield pg_conninfo(name), name
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def node(base: Path, name: str, url: str, root: Path, **settings) -> Ftpd:
@@ -185,7 +168,7 @@ def test_three_nodes_behind_haproxy_lose_nothing_while_nodes_are_killed(cluster,
     import random
     import threading
 
-    from helpers import STB_UPLOAD, USERS, HAProxy, Node, free_port, free_port_range, key
+    from helpers import STB_UPLOAD, USERS, HAProxy, Node, disjoint_port_range, free_port, key
 
     rng = random.Random(16)
     if shutil.which("haproxy") is None:
@@ -193,10 +176,8 @@ def test_three_nodes_behind_haproxy_lose_nothing_while_nodes_are_killed(cluster,
     # Three nodes on 127.0.0.2-4, each with its own passive range, behind HAProxy on
     # 127.0.0.1, which connects to them from 127.0.0.9 with PROXY headers.
     ranges: list[tuple[int, int]] = []
-    while len(ranges) < 3:
-        lo, hi = free_port_range()
-        if all(hi < a or lo > b for a, b in ranges):
-            ranges.append((lo, hi))
+    for _ in range(3):
+        disjoint_port_range(ranges)
     nodes = [
         cluster(
             f"node-{i}",

@@ -23,8 +23,8 @@ from helpers import (
     HAProxy,
     Node,
     data_of,
+    disjoint_port_range,
     free_port,
-    free_port_range,
     proxy_v1,
     proxy_v2,
     raw_control,
@@ -223,10 +223,8 @@ def two_nodes_behind_haproxy(ftpd_factory, tmp_path):
         pytest.skip("haproxy is not installed (tests/run installs it)")
     shared = tmp_path / "shared-root"
     ranges: list[tuple[int, int]] = []
-    while len(ranges) < 2:
-        lo, hi = free_port_range()
-        if all(hi < a or lo > b for a, b in ranges):
-            ranges.append((lo, hi))
+    for _ in range(2):
+        disjoint_port_range(ranges)
     nodes = []
     for ip, (lo, hi) in zip(("127.0.0.2", "127.0.0.3"), ranges):
         nodes.append(

@@ -32,22 +32,13 @@ from helpers import (  # noqa: E402
     Node,
     crc32,
     free_port,
-    free_port_range,
+    disjoint_port_range,
+    pg_conninfo,
+    psql,
     key,
     pattern,
     wait_for_disk_size,
 )
-
-
-def psql(sql: str) -> None:
-    subprocess.run(["psql", "-X", "-q", "-d", "postgres", "-c", sql], check=True, capture_output=True)
-
-
-def pg_url(db: str) -> str:
-    e = os.environ
-    parts = {"host": e.get("PGHOST"), "port": e.get("PGPORT", "5432"), "user": e.get("PGUSER"),
-             "password": e.get("PGPASSWORD"), "dbname": db}
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v)
 
 
 # Passive ranges handed out so far: HAProxy listens on all of them on one address.
@@ -57,11 +48,7 @@ RANGES: list[tuple[int, int]] = []
 def node(base: Path, ip: str, pgs: dict, **settings) -> Ftpd:
     """A PostgreSQL node on `ip` with its own passive range, behind HAProxy (which connects
     from BALANCER, announced as 127.0.0.1)."""
-    while True:
-        lo, hi = free_port_range()
-        if all(hi < a or lo > b for a, b in RANGES):
-            RANGES.append((lo, hi))
-            break
+    lo, hi = disjoint_port_range(RANGES)
     srv = Ftpd(base, **pgs, listen=f"{ip}:{free_port(ip)}", passive_ports=f"{lo}-{hi}",
                passive_host="127.0.0.1", proxy_from=BALANCER, **settings)
     srv.passive = (lo, hi)
@@ -156,7 +143,7 @@ def main() -> int:
         return srv.start()
 
     try:
-        pgs = {"store": "postgres", "postgres_url": pg_url(db)}
+        pgs = {"store": "postgres", "postgres_url": pg_conninfo(db)}
         redb = start(Ftpd(tmp / "redb"))
         pg = start(Ftpd(tmp / "pg", **pgs, node_name="pg"))
         stor = {"redb": [], "postgres": []}
