@@ -972,8 +972,8 @@ class QuitMidUpload(Attack):
         s = self.settings
         return (
             f"data_idle_timeout={s['data_idle_timeout']} s, keepalive={s['keepalive']} s, "
-            f"upload buffers 2 x {s.get('upload_buffer_kib', '1024')} KiB per upload "
-            f"(up to {s.get('upload_buffer_max_kib', '4096')} KiB), "
+            f"upload buffer {s.get('upload_buffer_kib', '128')} KiB per upload "
+            f"(a fast sender's two up to {s.get('upload_buffer_max_kib', '4096')} KiB each), "
             f"max_connections_per_address={s['max_connections_per_address']}"
         )
 

@@ -118,7 +118,7 @@ where
     }
     let streamed = Pipeline::new(&services, &req, opened, lock.progress.clone(), &claim.fence)
         .stream(&mut reader, &lock.stop, &abort)
-        .await?;
+        .await;
     let outcome = record(&services, &req, streamed, &claim.fence)
         .await
         .inspect_err(|e| {

@@ -1,6 +1,6 @@
-//! The double buffer: one buffer fills from the network while the other is written on the
-//! blocking pool, then they swap. Chunks grow for a fast sender, and the record is
-//! checkpointed as bytes reach the file.
+//! The upload's buffers: a slow sender's one buffer fills from the network and is then written
+//! on the blocking pool; a fast sender's two overlap (one fills while the other is written),
+//! and grow. The record is checkpointed as bytes reach the file.
 
 use super::direct_io::{block_lead, recycle_page_cache, write_at, BLOCK, RECYCLE_LAG};
 use super::open::Opened;
@@ -34,7 +34,7 @@ pub(super) enum Ending {
 /// Where the stream left the file.
 pub(super) struct Streamed {
     pub ending: Ending,
-    pub file: std::fs::File,
+    pub file: Arc<std::fs::File>,
     /// Of every byte the file holds (the prefix included).
     pub crc: Crc32,
     /// Bytes received from the sender (all of them written, unless a write failed).
@@ -45,13 +45,17 @@ pub(super) struct Streamed {
 
 /// The most a socket makes the reader wait for before waking it: a slow sender's chunk, not a
 /// fast sender's (whose reads find plenty anyway).
-const LOW_WATER_MAX: usize = 64 << 10;
+const LOW_WATER_MAX: usize = 128 << 10;
 
-/// How long each chunk is ([`ChunkPolicy::next_len`]).
+/// How long each chunk is, and whether two buffers overlap ([`ChunkPolicy::next_len`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ChunkPolicy {
     first: usize,
     max: usize,
+    /// Whether a second buffer fills while one is written: only for a fast sender. A slow
+    /// sender's socket holds what arrives during a write, and one buffer written half as often
+    /// costs half the hand-offs to the blocking pool at the same memory.
+    overlap: bool,
     /// Whether the last chunk filled fast too. A slow sender's chunk can fill at once from
     /// bytes left over in the socket by earlier wake-ups (each low-water wake-up leaves a little
     /// more than a chunk waiting); only fast chunks in a row show a fast sender.
@@ -66,22 +70,29 @@ impl ChunkPolicy {
     /// A sender silent this long with bytes in the buffer (or waiting below the socket's
     /// low-water mark) has paused (a stalled link, or the last bytes before it goes quiet):
     /// they are written and counted without waiting for more, so `SIZE` and `KEY INFO` show
-    /// them to a box that reconnects, which takes seconds. Longer than a slow sender takes to
-    /// fill the low-water mark ([`LOW_WATER_MAX`] at 64 KiB/s), so a steady sender is woken
-    /// once per chunk, not once more per pause.
+    /// them to a box that reconnects, which takes seconds. Longer than a box's link takes to
+    /// fill the low-water mark ([`LOW_WATER_MAX`] at 128 KiB/s), so a steady sender is woken
+    /// once per chunk, not once more per pause; a slower one is woken by this, once a second.
     pub const PAUSE: Duration = Duration::from_millis(1000);
 
     pub fn new(cfg: &UploadConfig) -> Self {
         ChunkPolicy {
             first: cfg.buffer,
             max: cfg.buffer_max,
+            overlap: false,
             fast_before: false,
         }
     }
 
-    /// The buffer length for the next chunk, after one of `len` was filled in `took`: doubled,
-    /// up to `buffer_max`, for a fast sender (two fast chunks in a row); back to the first size
-    /// after a pause. Fewer,
+    /// Whether the next chunk fills while the last one is written (two buffers).
+    pub fn overlap(&self) -> bool {
+        self.overlap
+    }
+
+    /// The buffer length for the next chunk, after one of `len` was filled in `took`. A fast
+    /// sender (two fast chunks in a row) first gets a second buffer, then each fast chunk
+    /// doubles both, up to `buffer_max`; a pause sends it back to one buffer of the first
+    /// size. Fewer,
     /// larger writes cost less per byte (each direct write that extends a file is a journal
     /// transaction of its own) and let the disk go faster (on the test VM, 1 MiB direct writes
     /// reached 1,640 MiB/s and 4 MiB ones 2,040). Slow links, a box's usual case, keep the
@@ -91,11 +102,25 @@ impl ChunkPolicy {
         let grow = fast && std::mem::replace(&mut self.fast_before, fast);
         self.fast_before = fast;
         if paused {
+            self.overlap = false;
             self.first
+        } else if grow && !self.overlap {
+            self.overlap = true;
+            len
         } else if grow {
             len.saturating_mul(2).min(self.max).max(len)
         } else {
             len
+        }
+    }
+
+    /// How many buffers an upload holds while it fills the next chunk.
+    #[cfg(test)]
+    pub fn buffers(&self) -> usize {
+        if self.overlap {
+            2
+        } else {
+            1
         }
     }
 }
@@ -151,16 +176,17 @@ struct Waits<'a, 't> {
     idle: Pin<&'a mut Sleep>,
 }
 
-/// The upload's file, its CRC and its two buffers.
+/// The upload's file, its CRC and its buffers.
 pub(super) struct Pipeline {
-    file: std::fs::File,
+    /// Shared with the write in flight (no descriptor duplicated per chunk).
+    file: Arc<std::fs::File>,
     /// The same file opened for direct I/O, while that works.
     direct: Option<Arc<std::fs::File>>,
     /// Of the bytes written so far; a write in flight has the up-to-date one.
     crc: Crc32,
     /// Fills from the network.
     next: Vec<u8>,
-    /// Back from the last write, to fill after `next`.
+    /// Back from the last write: filled after `next` when buffers overlap, else becomes `next`.
     spare: Vec<u8>,
     in_flight: Option<JoinHandle<WriteDone>>,
     policy: ChunkPolicy,
@@ -181,7 +207,7 @@ pub(super) struct Pipeline {
 }
 
 /// The bytes one buffer of a `chunk_len` chunk holds: the chunk itself, so the memory an upload
-/// holds is exactly its two buffers, and at least two blocks (one block of data, one to align).
+/// holds is exactly its buffers, and at least two blocks (one block of data, one to align).
 fn buffer_len(chunk_len: usize) -> usize {
     chunk_len.max(2 * BLOCK)
 }
@@ -198,11 +224,11 @@ impl Pipeline {
         let cfg = &services.upload;
         let crc = Crc32::resume(opened.prefix_crc, req.start_pos);
         let pipeline = Pipeline {
-            file: opened.file,
+            file: Arc::new(opened.file),
             direct: opened.direct,
             crc,
             next: vec![0u8; buffer_len(cfg.buffer)],
-            spare: vec![0u8; buffer_len(cfg.buffer)],
+            spare: Vec::new(),
             in_flight: None,
             policy: ChunkPolicy::new(cfg),
             chunk_len: cfg.buffer,
@@ -227,15 +253,14 @@ impl Pipeline {
         pipeline
     }
 
-    /// Fills, writes and swaps buffers until the stream ends; every byte received is written
-    /// (and counted) before this returns, unless a write fails. An `Err` is a file handle that
-    /// could not be cloned: the upload ends there, its open record reconciled at the next start.
+    /// Fills and writes buffers until the stream ends; every byte received is written (and
+    /// counted) before this returns, unless a write fails.
     pub async fn stream<R: Source>(
         mut self,
         reader: &mut R,
         stop: &CancellationToken,
         abort: &CancellationToken,
-    ) -> Result<Streamed, UploadError> {
+    ) -> Streamed {
         let stopped = stop.cancelled();
         let aborted = abort.cancelled();
         let pause = tokio::time::sleep(ChunkPolicy::PAUSE);
@@ -248,7 +273,7 @@ impl Pipeline {
             idle,
         };
         let ending = loop {
-            // Fill one buffer while the previous one is being written.
+            // Fill one buffer (while the previous one is being written, when they overlap).
             let fill = self.fill(reader, &mut waits).await;
             if let Err(e) = self.collect().await {
                 break Ending::WriteError(e);
@@ -257,8 +282,15 @@ impl Pipeline {
                 self.chunk_len = self.policy.next_len(self.chunk_len, fill.took, fill.paused);
             }
             if fill.filled > 0 {
-                self.submit(fill.lead..fill.lead + fill.filled)?;
+                self.submit(fill.lead..fill.lead + fill.filled);
                 if fill.end.is_none() {
+                    if !self.policy.overlap() {
+                        if let Err(e) = self.collect().await {
+                            break Ending::WriteError(e);
+                        }
+                        // The one buffer back; one held before a pause is dropped.
+                        self.next = std::mem::take(&mut self.spare);
+                    }
                     continue;
                 }
                 if let Err(e) = self.collect().await {
@@ -267,13 +299,13 @@ impl Pipeline {
             }
             break fill.end.unwrap_or(Ending::Eof);
         };
-        Ok(Streamed {
+        Streamed {
             ending,
             file: self.file,
             crc: self.crc,
             received: self.received,
             declared: self.checkpoint.declared,
-        })
+        }
     }
 
     /// Reads into `next` until the chunk is full, the sender pauses, or the stream ends. A full
@@ -376,7 +408,7 @@ impl Pipeline {
 
     /// Counts the `chunk` of `next` as received and starts writing it on the blocking pool,
     /// with a checkpoint when one is due; `spare` becomes `next`.
-    fn submit(&mut self, chunk: Range<usize>) -> Result<(), UploadError> {
+    fn submit(&mut self, chunk: Range<usize>) {
         self.received += chunk.len() as u64;
         self.bytes.inc_by(chunk.len() as u64);
         self.since_checkpoint += chunk.len() as u64;
@@ -386,11 +418,11 @@ impl Pipeline {
         }
         let checkpoint = self.checkpoint.clone();
         let buf = std::mem::replace(&mut self.next, std::mem::take(&mut self.spare));
-        let f = self.file.try_clone()?;
+        let f = self.file.clone();
         let (c, progress, d) = (self.crc.clone(), self.progress.clone(), self.direct.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             write_chunk(
-                f,
+                &f,
                 d.as_deref(),
                 (buf, chunk),
                 c,
@@ -398,11 +430,10 @@ impl Pipeline {
                 &progress,
             )
         }));
-        Ok(())
     }
 
-    /// Waits for the write in flight, if any: takes back the file, the buffer (as `spare`) and
-    /// the CRC, and publishes the progress.
+    /// Waits for the write in flight, if any: takes back the buffer (as `spare`) and the CRC,
+    /// and publishes the progress.
     async fn collect(&mut self) -> Result<(), UploadError> {
         let Some(h) = self.in_flight.take() else {
             return Ok(());
@@ -412,7 +443,7 @@ impl Pipeline {
             // A panicking write task is a bug; surface it as an I/O error with no file left.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        (self.file, self.spare, self.crc) = (done.file, done.buf, done.crc);
+        (self.spare, self.crc) = (done.buf, done.crc);
         self.direct = self.direct.take().filter(|_| done.direct_ok);
         self.publish();
         done.result
@@ -428,7 +459,6 @@ impl Pipeline {
 
 /// What a write hands back.
 struct WriteDone {
-    file: std::fs::File,
     buf: Vec<u8>,
     crc: Crc32,
     /// `false` once the filesystem refused a direct write: later chunks go the ordinary way.
@@ -440,7 +470,7 @@ struct WriteDone {
 /// this buffer must not leave queries one buffer behind the file); on a failed write the file
 /// is cut back to the counted length, so the record never claims bytes that are not in the file.
 fn write_chunk(
-    file: std::fs::File,
+    file: &std::fs::File,
     direct: Option<&std::fs::File>,
     (buf, chunk): (Vec<u8>, Range<usize>),
     mut crc: Crc32,
@@ -454,7 +484,7 @@ fn write_chunk(
         // Not one byte once the claim may have passed to another node: its writer owns the
         // file now (and this one must not cut it back either).
         checkpoint.fence.check()?;
-        if let Err(e) = write_at(&file, direct, data, start, &mut direct_ok) {
+        if let Err(e) = write_at(file, direct, data, start, &mut direct_ok) {
             let _ = file.set_len(start);
             return Err(UploadError::Io(e));
         }
@@ -462,19 +492,18 @@ fn write_chunk(
         // Direct writes leave at most a partial block cached, which the final call drops.
         if !direct_ok {
             let end = start + data.len() as u64;
-            recycle_page_cache(&file, end.saturating_sub(RECYCLE_LAG), end);
+            recycle_page_cache(file, end.saturating_sub(RECYCLE_LAG), end);
         }
         *progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
             size: crc.len(),
             crc: crc.value(),
         };
         if checkpoint_due {
-            checkpoint.write(&file, &crc)?;
+            checkpoint.write(file, &crc)?;
         }
         Ok(())
     })();
     WriteDone {
-        file,
         buf,
         crc,
         direct_ok,
@@ -493,8 +522,13 @@ mod tests {
         let grow_within = ChunkPolicy::GROW_WITHIN;
         let (fast, slow) = (grow_within / 2, grow_within * 3);
         let mut p = policy(1 << 20, 4 << 20);
-        // Two fast chunks in a row show a fast sender; then every fast chunk doubles.
+        assert!(!p.overlap(), "one buffer at first");
+        // Two fast chunks in a row show a fast sender: a second buffer, then every fast chunk
+        // doubles both.
         assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
+        assert!(!p.overlap());
+        assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
+        assert!(p.overlap());
         assert_eq!(p.next_len(1 << 20, fast, false), 2 << 20);
         assert_eq!(p.next_len(2 << 20, fast, false), 4 << 20);
         assert_eq!(p.next_len(4 << 20, fast, false), 4 << 20);
@@ -502,10 +536,13 @@ mod tests {
         assert_eq!(p.next_len(1 << 20, slow, false), 1 << 20);
         assert_eq!(p.next_len(2 << 20, slow, false), 2 << 20);
         assert_eq!(p.next_len(1 << 20, grow_within, false), 1 << 20);
-        // A pause sends the size back to the first one.
+        // A pause sends the size back to the first one, in one buffer.
         let mut p = policy(1 << 20, 4 << 20);
         p.next_len(1 << 20, fast, false);
+        p.next_len(1 << 20, fast, false);
+        assert!(p.overlap());
         assert_eq!(p.next_len(4 << 20, fast, true), 1 << 20);
+        assert!(!p.overlap());
         assert_eq!(
             p.next_len(1 << 20, fast, false),
             1 << 20,
@@ -514,8 +551,9 @@ mod tests {
         // A ceiling at or below the first size keeps the size fixed.
         for max in [1 << 20, 1 << 10] {
             let mut p = policy(1 << 20, max);
-            p.next_len(1 << 20, fast, false);
-            assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
+            for _ in 0..4 {
+                assert_eq!(p.next_len(1 << 20, fast, false), 1 << 20);
+            }
         }
     }
 
@@ -531,6 +569,7 @@ mod tests {
             }
             len = p.next_len(len, Duration::from_micros(305), false);
             assert_eq!(len, 64 << 10, "round {round}");
+            assert!(!p.overlap(), "round {round}");
         }
     }
 
@@ -548,7 +587,7 @@ mod tests {
         for _ in 0..100 {
             len = policy.next_len(len, took, false);
         }
-        assert_eq!(2 * buffer_len(len), 128 << 10);
+        assert_eq!(policy.buffers() * buffer_len(len), 128 << 10);
     }
 
     #[test]
