@@ -6,7 +6,7 @@ as markdown tables, one row per server and fleet size.
     python3 tests/bench/fleet.py [--boxes 250,500,1000] [--size-mib 4] [--rate-kib 256]
                                  [--chunk-kib 16] [--spread 3] [--storm N] [--storm-window 1] [--accounts K]
                                  [--throttle on,off] [--servers ftpd,vsftpd,pure-ftpd]
-                                 [--passive-ports N] [--warm-logins] [--dir /tmp] [--keep]
+                                 [--passive-ports N] [--cold-logins] [--dir /tmp] [--keep]
     python3 tests/bench/fleet.py --boxes 20 --size-mib 1      # a quick check, about 45 s
 
 Needs root (vsftpd, a PAM service file, homes owned by `ftp`), Python 3.11+, a release build
@@ -22,13 +22,15 @@ control connection with an account of its own (--accounts K: K accounts shared r
 connect, USER/PASS, TYPE I, PASV, its data connection, STOR of a file of its own (--size-mib;
 a header naming the box, then a shared random block rotated by a box-specific amount), sent at
 --rate-kib as a home link would (--chunk-kib at a time, 16 KiB by default, each when the link
-would have delivered it: 62 ms apart at 256 KiB/s, below ftpd's 100 ms quiet-sender flush), the
-226, QUIT. Afterwards every file is checked on disk: size and CRC-32. With --warm-logins every
-box first logs in once and quits (USER, PASS, 230, QUIT; at most WARM_AT_ONCE at a time), as a
-returning box has done before, and only then does the measured phase begin: ftpd's credential
-cache then holds every account, so the CPU per GiB is the data path's (a cold PBKDF2 login costs
-ftpd about 5.8 CPU-s per GiB of these 4 MiB uploads); the other servers get the same warm-up,
-which changes nothing for them. The fleet table's header line says which it was. The client is one asyncio
+would have delivered it: 62 ms apart at 256 KiB/s, below ftpd's 1 s quiet-sender flush), the
+226, QUIT. Afterwards every file is checked on disk: size and CRC-32. Before the measured phase
+every box logs in once and quits (USER, PASS, 230, QUIT; at most WARM_AT_ONCE at a time), as a
+box of a fleet has done before (boxes upload every day; the reconnect after an outage is a
+returning box's): ftpd's credential cache then holds every account, so the CPU per GiB is the
+data path's. --cold-logins leaves that out: each box's login in the phase is then the first of
+its account to that server process, as after ftpd restarts, and a cold PBKDF2 login costs ftpd
+about 5.4 CPU-s per GiB of these 4 MiB uploads. The other servers get the same warm-up, which
+changes nothing for them. The fleet table's header line says which it was. The client is one asyncio
 event loop on raw streams (no threads); a sampler in a process of its own reads the server's
 process tree from /proc. The chunk size matters to the forking servers: in 64 KiB bursts every
 250 ms pure-ftpd and vsftpd used 0.07-0.15 CPU-s/GiB, in 16 KiB pieces every 62 ms 0.2-2.4
@@ -44,12 +46,19 @@ Printed per server and fleet size: failed uploads (no 226, wrong size or CRC on 
 connection error; a failed login counts here too) and failed logins (no 230); peak memory: for
 ftpd its RSS (sampled every 0.1 s, and the kernel's VmHWM) and for every server the PSS summed
 over its whole process tree (/proc/PID/smaps_rollup), with the number of processes at that
-peak; server CPU seconds (user + system of every process in the tree, each sampled while it
-lives, as servers.CpuMeter does) per GiB stored; login latency (connect to 230) p50 and max;
+peak; server CPU seconds per GiB stored: every process the server ran during the phase, exited
+ones too, from a cgroup the server is put in at its start (cgroup v1 cpuacct, else v2; the
+/proc samples of the tree, each process sampled while it lives, where no cgroup can be made:
+they miss each process's time after its last sample, its exit among it, which for a forking
+server's thousands of sessions undercounts); login latency (connect to 230) p50 and max;
 STOR to 226, p50 and max (the nominal send time is size / rate); the client's own CPU. Per storm:
 boxes logged in, how many within 2 s, login latency p50 and max, and for ftpd (one process) its
 CPU seconds, in all and per login (a forking server's short login sessions mostly end between
-two samples, so it gets none). Below the tables: every failure's step and reason, and per phase
+two samples, so it gets none). Then the targets at the largest fleet, each "met" or "NOT met":
+no failure; ftpd's peak RSS at or below pure-ftpd's PSS; ftpd's CPU per GiB at or below
+pure-ftpd's; every box of the (warm) reconnect storm in within 2 s (ftpd's cold storm is printed
+beside it, without a verdict: a first login is one PBKDF2 check, about 21 ms of CPU, so 1,000 of
+them take at least 10 s on 2 cores). Below that: every failure's step and reason, and per phase
 the sampling intervals, the sampler's own CPU and the kernel's (machine-wide) count of
 connections dropped from full accept queues.
 
@@ -91,6 +100,7 @@ sampler never takes more than about a fifth of a core). Server CPU includes pass
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -129,7 +139,7 @@ FTPD_PASSIVE = 101  # ftpd's shipped passive_ports, 50000-50100
 LOGIN_TIMEOUT = 120.0  # connect to 230
 STEP_TIMEOUT = 60.0  # any other reply; a send that cannot go on
 SAMPLE_EVERY = 0.1  # seconds between samples of the server's tree, at the least
-WARM_AT_ONCE = 50  # --warm-logins: logins in flight at once
+WARM_AT_ONCE = 50  # the logins before a fleet phase: in flight at once
 
 
 # -- accounts ------------------------------------------------------------------------------------
@@ -377,7 +387,7 @@ async def storm_box(b: Box, port: int, start_at: float) -> None:
 
 
 async def warm_logins(port: int, boxes: list[Box]) -> list[str]:
-    """--warm-logins: every box logs in once and quits, WARM_AT_ONCE at a time; returns the
+    """Before a fleet phase (unless --cold-logins): every box logs in once and quits, WARM_AT_ONCE at a time; returns the
     failures ("user: step: reason")."""
     gate = asyncio.Semaphore(WARM_AT_ONCE)
     failed: list[str] = []
@@ -479,15 +489,70 @@ def listen_overflows() -> dict[str, int]:
     return {k: values.get(k, 0) for k in ("ListenOverflows", "SyncookiesSent")}
 
 
+class CpuGroup:
+    """The server's processes in a cgroup of their own, so that the CPU time of every process
+    it runs is counted, exited ones included: the /proc samples miss what a process uses after
+    its last sample (its exit among it), which for a forking server's thousands of sessions
+    is not small. cgroup v1's cpuacct where mounted, else cgroup v2; None where neither can be
+    made (not root, no cgroupfs): the samples are used then, and the output says so."""
+
+    ROOTS = (Path("/sys/fs/cgroup/cpuacct"), Path("/sys/fs/cgroup"))
+
+    def __init__(self, path: Path, v1: bool):
+        self.path, self.v1 = path, v1
+
+    @classmethod
+    def make(cls, server: Server, name: str) -> "CpuGroup | None":
+        assert server.proc is not None
+        for root in cls.ROOTS:
+            v1 = (root / "cpuacct.usage").exists()
+            if not v1 and not (root / "cgroup.controllers").exists():
+                continue
+            path = root / f"ftpd-bench-{os.getpid()}-{name}"
+            try:
+                path.mkdir(exist_ok=True)
+                for pid in [server.proc.pid, *sorted(server.tree_cpu())]:
+                    try:
+                        (path / "cgroup.procs").write_text(f"{pid}\n")
+                    except ProcessLookupError:
+                        pass
+                group = cls(path, v1)
+                group.seconds()
+                return group
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        return None
+
+    def seconds(self) -> float:
+        if self.v1:
+            return int((self.path / "cpuacct.usage").read_text()) / 1e9
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e6
+
+    def remove(self) -> None:
+        """Once the server has stopped (a cgroup with processes left cannot be removed)."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
 class Meter:
     """The sampler process for one phase; stop() returns what it measured."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, group: CpuGroup | None = None):
         ctx = multiprocessing.get_context("fork")
+        self.server, self.group = server, group
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=sample_tree, args=(server, child), daemon=True)
         self.proc.start()
         self.cpu0, self.net0 = client_cpu(), listen_overflows()
+        self.group0 = group.seconds() if group else 0.0
         time.sleep(SAMPLE_EVERY)  # a first sample before the boxes start
 
     def stop(self) -> dict:
@@ -496,6 +561,14 @@ class Meter:
         self.proc.join(10)
         out["client_cpu"] = client_cpu() - self.cpu0
         out["net"] = {k: v - self.net0[k] for k, v in listen_overflows().items()}
+        if self.group:
+            # Sessions that got their last reply may still be exiting: their exit counts too.
+            deadline = time.monotonic() + 5
+            while len(self.server.tree_cpu()) > 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            out["cpu_sampled"] = out.get("cpu")
+            out["cpu"] = self.group.seconds() - self.group0
+            out["cpu_from"] = "cgroup"
         return out
 
 
@@ -604,6 +677,7 @@ def fleet_phase(kind: Kind, n: int, ctx) -> dict:
     args, payload = ctx.args, ctx.payload
     base = ctx.base / f"{slug(kind.label)}-{n}"
     srv = kind.start(base)
+    group = CpuGroup.make(srv, f"{slug(kind.label)}-{n}")
     boxes = []
     for i in range(n):
         acct = ctx.accounts[i % len(ctx.accounts)]
@@ -627,7 +701,7 @@ def fleet_phase(kind: Kind, n: int, ctx) -> dict:
             w0 = time.monotonic()
             failed = asyncio.run(warm_logins(srv.port, boxes))
             warm = {"warm": {"n": n, "failed": failed, "secs": time.monotonic() - w0}}
-        meter = Meter(srv)
+        meter = Meter(srv, group)
         t0 = time.monotonic()
         try:
             asyncio.run(go())
@@ -636,6 +710,8 @@ def fleet_phase(kind: Kind, n: int, ctx) -> dict:
             measured = meter.stop()
     finally:
         srv.stop()
+        if group:
+            group.remove()
     stored = verify(boxes, srv, payload)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
@@ -727,9 +803,9 @@ def fleet_table(rows: list[dict], args) -> list[str]:
         f"(nominal send {nominal:.1f} s), "
         f"boxes starting within {args.spread:g} s, all from {HOST}; "
         + (
-            "warm logins (--warm-logins: every box logged in once before the phase, not measured)"
+            "returning boxes (every box logged in once before the phase, not measured)"
             if args.warm_logins
-            else "cold logins (the first login of each account to this server is in the figures)"
+            else "cold logins (--cold-logins: the first login of each account to this server is in the figures)"
         ),
         "",
         "| server | boxes | failed uploads | failed logins | peak RSS | peak PSS (tree) | procs | CPU-s/GiB "
@@ -777,6 +853,51 @@ def storm_table(rows: list[dict], args) -> list[str]:
     return out
 
 
+def target_lines(fleet: list[dict], storm: list[dict]) -> list[str]:
+    """The targets, checked at the largest fleet: no failure; ftpd's peak RSS at or below
+    pure-ftpd's PSS and its CPU per GiB at or below pure-ftpd's (each ftpd run against the
+    pure-ftpd run of the same size); every box of a storm in within 2 s."""
+    if not fleet:
+        return []
+    n = max(r["n"] for r in fleet)
+    at_n = [r for r in fleet if r["n"] == n]
+    pure = next((r for r in at_n if r["kind"] == "pure-ftpd"), None)
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    out = [f"Targets at {n} boxes (ftpd against pure-ftpd in this run):"]
+    for r in (r for r in at_n if r["kind"].startswith("ftpd")):
+        failed = sum(not b.ok for b in r["boxes"])
+        out.append(f"- {r['kind']}: failed uploads or logins {failed}: {verdict(failed == 0)}")
+        gib = r["stored"] / (1 << 30)
+        if pure is None or not gib or not pure["stored"]:
+            out.append(f"- {r['kind']}: no pure-ftpd run of {n} boxes to compare with")
+            continue
+        rss, pss = r.get("rss"), pure.get("pss")
+        if rss and pss:
+            out.append(
+                f"- {r['kind']}: peak RSS {fmt_mib(rss)} against pure-ftpd's PSS {fmt_mib(pss)}: {verdict(rss <= pss)}"
+            )
+        if "cpu" in r and "cpu" in pure:
+            mine, theirs = r["cpu"] / gib, pure["cpu"] / (pure["stored"] / (1 << 30))
+            out.append(
+                f"- {r['kind']}: {mine:.2f} CPU-s/GiB against pure-ftpd's {theirs:.2f}: {verdict(mine <= theirs)}"
+            )
+    for r in storm:
+        times = [b.login for b in r["boxes"] if b.ok]
+        within = sum(t <= 2.0 for t in times)
+        total = len(r["boxes"])
+        if r["run"] == "cold":
+            # Not the reconnect storm: no account has logged in to this process before, so each
+            # login is a full password check (PBKDF2 for ftpd), bounded by the cores.
+            out.append(
+                f"- storm, {r['kind']} cold (first logins to a fresh process, not a returning fleet): "
+                f"{within}/{total} logged in within 2 s"
+            )
+            continue
+        name = f"{r['kind']} {r['run']}" if r["run"] else r["kind"]
+        out.append(f"- storm, {name}: {within}/{total} logged in within 2 s: {verdict(within == total)}")
+    return out
+
+
 def failure_lines(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
@@ -804,6 +925,9 @@ def sampling_lines(rows: list[dict]) -> list[str]:
             extra += f"; warm-up {w['n'] - len(w['failed'])}/{w['n']} logins in {w['secs']:.0f} s"
             if w["failed"]:
                 extra += f" (first failure: {w['failed'][0]})"
+        if r.get("cpu_from") == "cgroup":
+            sampled = r.get("cpu_sampled")
+            extra += "; CPU from its cgroup" + (f" ({sampled:.2f} s in the /proc samples)" if sampled is not None else "")
         net = r.get("net", {})
         nan = float("nan")
         out.append(
@@ -852,13 +976,14 @@ def parse_args():
     ap.add_argument("--servers", default="ftpd,vsftpd,pure-ftpd")
     ap.add_argument("--passive-ports", type=int, default=0, help="at least this many passive ports for every server")
     ap.add_argument(
-        "--warm-logins",
+        "--cold-logins",
         action="store_true",
-        help="before each fleet phase every box logs in once and quits (unmeasured): returning boxes",
+        help="leave out the unmeasured login of every box before each fleet phase: first logins",
     )
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the servers keep their files")
     ap.add_argument("--keep", action="store_true", help="keep the servers' files")
     args = ap.parse_args()
+    args.warm_logins = not args.cold_logins
     args.sizes = [int(x) for x in args.boxes.split(",") if x.strip()]
     args.throttles = [t.strip() for t in args.throttle.split(",") if t.strip()]
     args.server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -946,6 +1071,8 @@ def main() -> int:
         print("\n".join(fleet_table(fleet_rows, args)))
         print()
         print("\n".join(storm_table(storm_rows, args)))
+        print()
+        print("\n".join(target_lines(fleet_rows, storm_rows)))
         fails = failure_lines(fleet_rows + storm_rows)
         print("\nFailures:\n" + "\n".join(fails) if fails else "\nFailures: none")
         if notes:
