@@ -893,6 +893,9 @@ def target_lines(fleet: list[dict], storm: list[dict]) -> list[str]:
                 f"{within}/{total} logged in within 2 s"
             )
             continue
+        if not r["kind"].startswith("ftpd"):
+            out.append(f"- storm, {r['kind']} (for comparison): {within}/{total} logged in within 2 s")
+            continue
         name = f"{r['kind']} {r['run']}" if r["run"] else r["kind"]
         out.append(f"- storm, {name}: {within}/{total} logged in within 2 s: {verdict(within == total)}")
     return out
