@@ -133,8 +133,10 @@ class Ftpd(Server):
     user = "bench"
     password = "bench-password"
 
-    def __init__(self, base: Path, **settings: str):
+    def __init__(self, base: Path, binary: Path | None = None, **settings: str):
         super().__init__(base)
+        # Another build to compare with (upload.py --baseline-ftpd), else the one under test.
+        self.binary = binary or ftpd_binary()
         self.root = base / "root"
         lo, hi = self.passive
         self.env = dict(os.environ)
@@ -151,7 +153,7 @@ class Ftpd(Server):
         self.env.update({f"FTPD_{k.upper()}": str(v) for k, v in settings.items()})
         if not (base / "users.json").exists():
             subprocess.run(
-                [str(ftpd_binary()), "user", "add", self.user, "--password-stdin"],
+                [str(self.binary), "user", "add", self.user, "--password-stdin"],
                 input=self.password + "\n",
                 env=self.env,
                 check=True,
@@ -161,7 +163,7 @@ class Ftpd(Server):
 
     def start(self) -> "Ftpd":
         self.proc = subprocess.Popen(
-            [str(ftpd_binary()), "serve"],
+            [str(self.binary), "serve"],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.base / "ftpd.log", "ab"),

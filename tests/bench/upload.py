@@ -6,7 +6,11 @@ the time from STOR to 226 for a 4 KiB file, and RSS per idle logged-in session (
 plain libunftp), counted after a first login whose one-time cost is printed apart.
 
     python3 tests/bench/upload.py [--size-mib 1024] [--rounds 3] [--dir /tmp] [--sessions 200]
-                                  [--skip-latency]
+                                  [--skip-latency] [--baseline-ftpd PATH]
+
+--baseline-ftpd runs another ftpd build (say, the last commit's, copied aside before rebuilding)
+beside the one under test, on its defaults, in the same interleaved rounds: before and after in
+one run.
 
 Needs release builds: cargo build --release -p ftpd --bins --example plain_libunftp; and vsftpd.
 """
@@ -178,6 +182,11 @@ def main() -> int:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where servers store files")
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--baseline-ftpd",
+        type=Path,
+        help="another ftpd build (say, the last commit's) run beside this one, on its defaults: before and after in one run",
+    )
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="ftpd-bench-", dir=args.dir))
@@ -192,6 +201,9 @@ def main() -> int:
     ]
     servers[3].name = "ftpd (durability=none)"
     servers[4].name = "ftpd (direct_io=false)"
+    if args.baseline_ftpd:
+        servers.append(Ftpd(base / "ftpd-baseline", binary=args.baseline_ftpd.resolve()).start())
+        servers[-1].name = "ftpd (baseline build)"
     try:
         results = {s.name: [] for s in servers}
         on_disk = {s.name: [] for s in servers}
