@@ -92,11 +92,11 @@ impl ChunkPolicy {
     /// The buffer length for the next chunk, after one of `len` was filled in `took`. A fast
     /// sender (two fast chunks in a row) first gets a second buffer, then each fast chunk
     /// doubles both, up to `buffer_max`; a pause sends it back to one buffer of the first
-    /// size. Fewer,
-    /// larger writes cost less per byte (each direct write that extends a file is a journal
-    /// transaction of its own) and let the disk go faster (on the test VM, 1 MiB direct writes
-    /// reached 1,640 MiB/s and 4 MiB ones 2,040). Slow links, a box's usual case, keep the
-    /// first size, so the memory of many uploads at once does not grow with them.
+    /// size. Fewer, larger writes cost less per byte (each direct write that extends a file is
+    /// a journal transaction of its own) and let the disk go faster (on the test VM, 1 MiB
+    /// direct writes reached 1,640 MiB/s and 4 MiB ones 2,040). Slow links, a box's usual
+    /// case, keep one buffer of the first size, so the memory of many uploads at once does not
+    /// grow with them.
     pub fn next_len(&mut self, len: usize, took: Duration, paused: bool) -> usize {
         let fast = !paused && took < Self::GROW_WITHIN;
         let grow = fast && std::mem::replace(&mut self.fast_before, fast);
