@@ -931,6 +931,8 @@ def sampling_lines(rows: list[dict]) -> list[str]:
         if r.get("cpu_from") == "cgroup":
             sampled = r.get("cpu_sampled")
             extra += "; CPU from its cgroup" + (f" ({sampled:.2f} s in the /proc samples)" if sampled is not None else "")
+        elif "n" in r:
+            extra += "; CPU from the /proc samples (no cgroup could be made: a forking server's figure is low)"
         net = r.get("net", {})
         nan = float("nan")
         out.append(
