@@ -283,18 +283,17 @@ impl Pipeline {
             }
             if fill.filled > 0 {
                 self.submit(fill.lead..fill.lead + fill.filled);
-                if fill.end.is_none() {
-                    if !self.policy.overlap() {
-                        if let Err(e) = self.collect().await {
-                            break Ending::WriteError(e);
-                        }
-                        // The one buffer back; one held before a pause is dropped.
-                        self.next = std::mem::take(&mut self.spare);
-                    }
+                if fill.end.is_none() && self.policy.overlap() {
+                    // The next fill overlaps this write.
                     continue;
                 }
                 if let Err(e) = self.collect().await {
                     break Ending::WriteError(e);
+                }
+                if fill.end.is_none() {
+                    // The one buffer back; one held before a pause is dropped.
+                    self.next = std::mem::take(&mut self.spare);
+                    continue;
                 }
             }
             break fill.end.unwrap_or(Ending::Eof);
