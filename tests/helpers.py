@@ -216,6 +216,18 @@ def send_paced(conn: socket.socket, data: bytes, rate: float, chunk: int = 64 <<
 # -- raw sockets ---------------------------------------------------------------------------------
 
 
+def replies_until_closed(s: socket.socket, wait: float = 10) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    s.settimeout(wait)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
 def rst_close(sock: socket.socket) -> None:
     """Closes with a TCP reset, as a dropped link looks to the server."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -328,6 +340,18 @@ def wait_listening(host: str, port: int, proc: subprocess.Popen, what: str, time
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not start listening{tail()}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout`; nothing if it has ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def wait_for_disk_size(path, at_least: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> int:
@@ -601,14 +625,7 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
     def __enter__(self) -> "HAProxy":
         return self.start()

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from helpers import USERS, crc32, free_port, key, pattern, raw_control
+from helpers import USERS, crc32, free_port, key, pattern, raw_control, replies_until_closed
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -193,12 +193,7 @@ def test_overlong_line_and_vanishing_half_line_are_cut_off(ftpd_factory):
             s.sendall(b"A" * (1 << 20))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except ConnectionResetError:
-            pass
+        got = replies_until_closed(s, 20)
         assert b"500" in got, got
     # Half a line, then silence: the server still answers everyone else.
     idle = socket.create_connection(("127.0.0.1", srv.port), timeout=20)

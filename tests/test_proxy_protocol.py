@@ -28,6 +28,7 @@ from helpers import (
     proxy_v1,
     proxy_v2,
     raw_control,
+    replies_until_closed,
     wait_for_log,
 )
 
@@ -38,18 +39,6 @@ def from_balancer(port: int, data: bytes, timeout: float = 10) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(BALANCER, 0))
     s.sendall(data)
     return s
-
-
-def replies_until_closed(s: socket.socket, wait: float = 10) -> bytes:
-    """Everything the server sends until it closes the connection (a reset counts as closed)."""
-    s.settimeout(wait)
-    got = b""
-    try:
-        while chunk := s.recv(4096):
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
 
 
 def login_lines(user: str = "alice", password: str | None = None) -> bytes:

@@ -87,7 +87,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # helpers.py, shared with the end-to-end tests
-from helpers import free_port, free_port_range  # noqa: E402
+from helpers import free_port, free_port_range, stop_process  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password"
 HONEST_IP = "127.0.0.1"
@@ -213,13 +213,7 @@ class Server:
         return self.root / USER / name
 
     def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def tcp_key(sock: socket.socket) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # helpers.py, shared with the end-to-end tests
-from helpers import free_port, free_port_range, wait_listening  # noqa: E402
+from helpers import free_port, free_port_range, stop_process, wait_listening  # noqa: E402
 
 RELEASE = REPO / "target" / "release"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -105,12 +105,7 @@ class Server:
         return 0
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 15)
 
     def end_sessions(self) -> None:
         """SIGTERM to every process below the server's own: the sessions a forking server
