@@ -408,6 +408,54 @@ mod tests {
         drop(tx);
     }
 
+    /// A socket whose bytes all wait below its low-water mark: reads never become ready, and
+    /// only a drain gets them.
+    struct BelowTheMark(io::Cursor<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for BelowTheMark {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    impl Source for BelowTheMark {
+        fn drain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            io::Read::read(&mut self.0, buf)
+        }
+    }
+
+    /// An upload stopped (taken over, aborted) stores what the sender delivered before the
+    /// stop, also the bytes still below the low-water mark, across more than one buffer.
+    #[tokio::test]
+    async fn a_stopped_upload_stores_the_bytes_waiting_below_the_low_water_mark() {
+        let (_dir, services, root) = setup(Duration::from_secs(60));
+        let data = pattern(200 << 10);
+        let abort = CancellationToken::new();
+        let req = request("/held.ts", 0, None);
+        let source = BelowTheMark(io::Cursor::new(data.clone()));
+        let upload = tokio::spawn(run(services.clone(), root, req, source, abort.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        abort.cancel();
+        let r = upload.await.expect("upload task");
+        assert!(
+            matches!(r, Err(UploadError::Interrupted { stored }) if stored == data.len() as u64),
+            "{r:?}"
+        );
+        let rec = services
+            .store
+            .get("u", "/held.ts")
+            .expect("get")
+            .expect("record");
+        assert_eq!(
+            (rec.size, rec.crc, rec.state),
+            (data.len() as u64, crc_tools::crc32(&data), State::Partial)
+        );
+    }
+
     /// The deadline is on silence, not on the whole transfer.
     #[tokio::test]
     async fn a_slow_sender_that_keeps_sending_is_not_stopped() {

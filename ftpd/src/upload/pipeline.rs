@@ -396,6 +396,17 @@ impl Pipeline {
                 }
             }
         }
+        if matches!(end, Some(Ending::Stopped)) {
+            // What the sender delivered before the stop, waiting below the low-water mark, is
+            // stored too: a box that resumes (on this node or another) need not send it again.
+            // A buffer it fills is written, and the next fill, stopped at once, drains on.
+            if let Ok(n) = reader.drain(&mut self.next[lead + filled..lead + want]) {
+                filled += n;
+                if filled == want {
+                    end = None;
+                }
+            }
+        }
         Fill {
             lead,
             filled,
